@@ -1,0 +1,39 @@
+"""MobileViTv2 separable (linear) self-attention over patch tokens."""
+
+from tinymoe.backend import keras, register, tf
+
+
+@register
+class SeparableSelfAttention(keras.layers.Layer):
+    """Separable self-attention of MobileViTv2, linear in the number of patches.
+
+    On tokens ``[B, P, N, d]`` (P pixel positions per patch, N patches): one pointwise
+    projection to 1 + 2d channels gives a query score, keys and values; the scores are a
+    softmax over the N patches, the context vector is the score-weighted sum of the keys,
+    and the output is ``out_proj(relu(values) * context)``. Every op (CONV_2D, SOFTMAX, MUL,
+    BATCH_MATMUL, RELU) runs in TFLite Micro in int8.
+
+    Example:
+        >>> SeparableSelfAttention()(tf.zeros([1, 4, 16, 32])).shape
+        TensorShape([1, 4, 16, 32])
+    """
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.qkv = keras.layers.Conv2D(1 + 2 * dim, 1, name="qkv")
+        self.qkv.build(input_shape)
+        self.out_proj = keras.layers.Conv2D(dim, 1, name="out_proj")
+        self.out_proj.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x):
+        positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
+        qkv = self.qkv(x)  # [B, P, N, d] -> [B, P, N, 1 + 2d]
+        query, key, value = qkv[..., :1], qkv[..., 1:1 + dim], qkv[..., 1 + dim:]
+        scores = tf.nn.softmax(tf.reshape(query, [-1, positions, patches]), axis=-1)
+        scores = tf.reshape(scores, [-1, positions, 1, patches])  # softmax over the N patches
+        context = tf.matmul(scores, key)  # [B, P, 1, N] @ [B, P, N, d] -> [B, P, 1, d]
+        return self.out_proj(tf.nn.relu(value) * context)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

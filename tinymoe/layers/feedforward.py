@@ -1,0 +1,45 @@
+"""The dense pointwise feed-forward of a transformer layer on patch tokens."""
+
+from tinymoe.backend import keras, register
+from tinymoe.layers.activations import check_activation, get_activation
+
+
+@register
+class FeedForward(keras.layers.Layer):
+    """Two pointwise (1x1) convolutions, ``d -> hidden_dim -> d``, with an activation between.
+
+    Args:
+        hidden_dim: int, width of the hidden layer.
+        activation: "swish" (MobileViTv2's choice), "hard_swish" or "relu".
+
+    Example:
+        >>> FeedForward(64)(tf.zeros([1, 4, 16, 32])).shape
+        TensorShape([1, 4, 16, 32])
+    """
+
+    def __init__(self, hidden_dim, activation="swish", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.activation = check_activation(activation)
+        if self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
+        self.up = keras.layers.Conv2D(self.hidden_dim, 1, name="up")
+        self.down = None
+        self._act = get_activation(self.activation)
+
+    def build(self, input_shape):
+        self.up.build(input_shape)
+        self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
+        self.down.build(self.up.compute_output_shape(input_shape))
+        super().build(input_shape)
+
+    def call(self, x):
+        hidden = self.up(x)
+        return self.down(hidden if self._act is None else self._act(hidden))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_dim": self.hidden_dim,
+                "activation": self.activation}

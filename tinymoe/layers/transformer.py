@@ -1,0 +1,193 @@
+"""The MobileViTv2 transformer layer and block."""
+
+from tinymoe.backend import keras, register
+from tinymoe.layers.attention import SeparableSelfAttention
+from tinymoe.layers.conv import ConvBNAct
+from tinymoe.layers.feedforward import FeedForward
+from tinymoe.layers.moe import MoEFeedForward
+from tinymoe.layers.norm import LayerNorm
+from tinymoe.layers.patches import PatchFold, PatchUnfold
+
+
+@register
+class TransformerLayer(keras.layers.Layer):
+    """Pre-norm separable attention and feed-forward, each with a residual connection.
+
+    ``x = x + attention(norm(x)); x = x + ffn(norm(x))`` on tokens ``[B, P, N, d]``.
+
+    Args:
+        ffn_dim: int, hidden width of the feed-forward (of each expert when ``moe`` is set).
+        moe: None for a dense feed-forward, or a dict of :class:`MoEFeedForward` arguments
+            (without ``hidden_dim``) for a mixture of experts.
+        activation: feed-forward activation.
+        dropout: float, dropout on the attention and feed-forward outputs.
+
+    Example:
+        >>> layer = TransformerLayer(64, moe={"num_experts": 4, "top_k": 1})
+        >>> layer(tf.zeros([1, 4, 16, 32])).shape
+        TensorShape([1, 4, 16, 32])
+    """
+
+    def __init__(self, ffn_dim, moe=None, activation="swish", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.ffn_dim = int(ffn_dim)
+        self.moe = None if moe is None else dict(moe)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.attn_norm = LayerNorm(name="attn_norm")
+        self.attn = SeparableSelfAttention(name="attn")
+        self.ffn_norm = LayerNorm(name="ffn_norm")
+        if self.moe is None:
+            self.ffn = FeedForward(self.ffn_dim, activation=activation, name="ffn")
+        else:
+            self.ffn = MoEFeedForward(hidden_dim=self.ffn_dim,
+                                      **{"activation": activation, **self.moe}, name="moe")
+        self.attn_drop = keras.layers.Dropout(self.dropout)
+        self.ffn_drop = keras.layers.Dropout(self.dropout)
+
+    @property
+    def is_moe(self):
+        return isinstance(self.ffn, MoEFeedForward)
+
+    def build(self, input_shape):
+        for layer in (self.attn_norm, self.attn, self.ffn_norm, self.ffn):
+            layer.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        x = x + self.attn_drop(self.attn(self.attn_norm(x)), training=training)
+        return x + self.ffn_drop(self.ffn(self.ffn_norm(x), training=training),
+                                 training=training)
+
+    def trace(self, x):
+        """Runs the layer in inference mode and returns its output and what it saw.
+
+        Returns:
+            (output, info): ``info["ffn_input"]`` is the normalised post-attention embedding
+            the feed-forward (and the router) receives, ``[B, P, N, d]``; for a mixture of
+            experts, ``info["routing"]`` is :meth:`MoEFeedForward.route` of it.
+        """
+        x = x + self.attn(self.attn_norm(x))
+        ffn_input = self.ffn_norm(x)
+        info = {"ffn_input": ffn_input}
+        if self.is_moe:
+            info["routing"] = self.ffn.route(ffn_input)
+        return x + self.ffn(ffn_input, training=False), info
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ffn_dim": self.ffn_dim, "moe": self.moe,
+                "activation": self.activation, "dropout": self.dropout}
+
+
+@register
+class MobileViTV2Block(keras.layers.Layer):
+    """The MobileViTv2 block: local representation, L transformer layers, projection.
+
+    ``local_rep`` (3x3 depthwise conv, then 1x1 to ``attn_dim``), ``global_rep`` (unfold into
+    2x2 patches, L :class:`TransformerLayer`, a final layer norm, fold) and ``conv_proj``
+    (1x1 back to the input channels, batch norm).
+
+    Args:
+        attn_dim: int, token width d inside the block.
+        ffn_dim: int, feed-forward hidden width.
+        num_layers: int, number of transformer layers L.
+        patch_size: int, patch side (2).
+        moe_layers: tuple of indices (0-based, negative counts from the end) of the
+            transformer layers whose feed-forward is a mixture of experts.
+        moe: dict of :class:`MoEFeedForward` arguments for those layers.
+        activation: activation of the convolutions and feed-forwards.
+        bn_momentum: float, batch norm momentum.
+        dropout: float, dropout inside the transformer layers.
+
+    Example:
+        >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
+        >>> block(tf.zeros([1, 8, 8, 48])).shape
+        TensorShape([1, 8, 8, 48])
+    """
+
+    def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
+                 activation="swish", bn_momentum=0.99, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.attn_dim = int(attn_dim)
+        self.ffn_dim = int(ffn_dim)
+        self.num_layers = int(num_layers)
+        self.patch_size = int(patch_size)
+        self.moe_layers = tuple(sorted({_layer_index(i, self.num_layers) for i in moe_layers}))
+        if self.moe_layers and moe is None:
+            raise ValueError(f"{self.name}: moe_layers={self.moe_layers} needs a moe config.")
+        self.moe = None if moe is None else dict(moe)
+        self.activation = activation
+        self.bn_momentum = float(bn_momentum)
+        self.dropout = float(dropout)
+        self.local_dw = None
+        self.local_pw = keras.layers.Conv2D(self.attn_dim, 1, use_bias=False, name="local_pw")
+        self.unfold = PatchUnfold(self.patch_size, name="unfold")
+        self.transformer = [
+            TransformerLayer(self.ffn_dim, moe=self.moe if i in self.moe_layers else None,
+                             activation=activation, dropout=self.dropout,
+                             name=f"transformer_{i}")
+            for i in range(self.num_layers)]
+        self.norm = LayerNorm(name="norm")
+        self.fold = None
+        self.conv_proj = None
+
+    def build(self, input_shape):
+        channels, height, width = int(input_shape[-1]), input_shape[1], input_shape[2]
+        self.local_dw = ConvBNAct(channels, 3, depthwise=True, activation=self.activation,
+                                  bn_momentum=self.bn_momentum, name="local_dw")
+        self.local_dw.build(input_shape)
+        self.local_pw.build(input_shape)
+        shape = self.local_pw.compute_output_shape(input_shape)
+        tokens = self.unfold.compute_output_shape(shape)
+        self.unfold.build(shape)
+        for layer in self.transformer:
+            layer.build(tokens)
+        self.norm.build(tokens)
+        self.fold = PatchFold(height, width, self.patch_size, name="fold")
+        self.fold.build(tokens)
+        self.conv_proj = ConvBNAct(channels, 1, activation=None, bn_momentum=self.bn_momentum,
+                                   name="conv_proj")
+        self.conv_proj.build(shape)
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        tokens = self.unfold(self.local_pw(self.local_dw(x, training=training)))
+        for layer in self.transformer:
+            tokens = layer(tokens, training=training)
+        x = self.fold(self.norm(tokens))
+        return self.conv_proj(x, training=training)
+
+    def trace(self, x):
+        """Inference-mode output plus, for each transformer layer, what it saw.
+
+        Returns:
+            (output, infos): ``infos[i]`` is the ``info`` of transformer layer i (see
+            :meth:`TransformerLayer.trace`).
+        """
+        tokens = self.unfold(self.local_pw(self.local_dw(x, training=False)))
+        infos = []
+        for layer in self.transformer:
+            tokens, info = layer.trace(tokens)
+            infos.append(info)
+        return self.conv_proj(self.fold(self.norm(tokens)), training=False), infos
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "attn_dim": self.attn_dim, "ffn_dim": self.ffn_dim,
+                "num_layers": self.num_layers, "patch_size": self.patch_size,
+                "moe_layers": list(self.moe_layers), "moe": self.moe,
+                "activation": self.activation, "bn_momentum": self.bn_momentum,
+                "dropout": self.dropout}
+
+
+def _layer_index(index, num_layers):
+    index = int(index)
+    if not -num_layers <= index < num_layers:
+        raise ValueError(f"Transformer layer index {index} is out of range for a block of "
+                         f"{num_layers} layers.")
+    return index % num_layers

@@ -1,0 +1,168 @@
+"""MobileViTv2 with optional mixture-of-experts feed-forwards.
+
+Reference: Mehta and Rastegari, "Separable Self-attention for Mobile Vision Transformers"
+(arXiv 2206.02680); the layout and widths follow its reference implementation (ml-cvnets).
+The experts follow Mensah et al., "Towards Vision Mixture of Experts for Wildlife Monitoring
+on the Edge" (arXiv 2411.07834).
+
+Differences from the reference, each for TFLite Micro: the layer norm normalises each token
+over its channels (the reference's GroupNorm over the whole map does not convert to int8 ops),
+and a feature map that 2x2 patches cannot tile is zero-padded instead of resized.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+from tinymoe.backend import keras
+from tinymoe.layers import ConvBNAct, InvertedResidual, MobileViTV2Block, make_divisible
+from tinymoe.layers.moe import validate_moe_args
+
+TOTAL_STRIDE = 32
+TRANSFORMER_STAGES = (3, 4, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """Where and how the feed-forwards become mixtures of experts.
+
+    Args:
+        num_experts: experts per MoE layer.
+        top_k: experts used per patch.
+        layers: ``(stage, index)`` pairs naming the transformer layers that get experts:
+            stage 3, 4 or 5 (the three MobileViTv2 stages with attention), index within that
+            stage's transformer layers (negative counts from the end).
+        routing: "patch" or "token".
+        activation: expert activation, "swish" or "hard_swish".
+        expert_hidden_dim: hidden width of each expert; None keeps the dense feed-forward's
+            width, so that experts can start as copies of a trained dense feed-forward.
+        aux_loss_weight: load-balancing loss weight (0 disables).
+        normalize_gates: renormalise the gates over the chosen experts.
+    """
+
+    num_experts: int = 4
+    top_k: int = 1
+    layers: Tuple[Tuple[int, int], ...] = ((4, -1), (5, -1))
+    routing: str = "patch"
+    activation: str = "swish"
+    expert_hidden_dim: Optional[int] = None
+    aux_loss_weight: float = 0.01
+    normalize_gates: bool = False
+
+    def __post_init__(self):
+        validate_moe_args(self.num_experts, self.top_k, self.routing,
+                          self.expert_hidden_dim or 1)
+        for stage, _ in self.layers:
+            if stage not in TRANSFORMER_STAGES:
+                raise ValueError(f"MoE layer stage must be one of {TRANSFORMER_STAGES}, got "
+                                 f"{stage}.")
+
+    def layer_kwargs(self):
+        """Arguments for :class:`tinymoe.layers.MoEFeedForward` (hidden width excepted)."""
+        return {"num_experts": self.num_experts, "top_k": self.top_k, "routing": self.routing,
+                "activation": self.activation, "aux_loss_weight": self.aux_loss_weight,
+                "normalize_gates": self.normalize_gates}
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileViTV2Config:
+    """A MobileViTv2 variant: a width multiplier and, optionally, experts.
+
+    Args:
+        width: width multiplier (0.5, 0.75, 1.0, ...).
+        moe: None for a dense model, or a :class:`MoEConfig`.
+        ffn_multiplier: feed-forward width as a multiple of the attention width.
+        expand_ratio: expansion of the inverted residual blocks.
+        bn_momentum: batch norm momentum.
+        dropout: dropout before the classifier.
+    """
+
+    width: float = 1.0
+    moe: Optional[MoEConfig] = None
+    ffn_multiplier: float = 2.0
+    expand_ratio: float = 2.0
+    bn_momentum: float = 0.99
+    dropout: float = 0.1
+
+    def stages(self):
+        """The five stages as dicts: output channels, blocks, stride, attention width/layers."""
+        w = self.width
+        stages = [
+            {"channels": make_divisible(64 * w, 16), "blocks": 1, "stride": 1},
+            {"channels": make_divisible(128 * w, 8), "blocks": 2, "stride": 2},
+        ]
+        for channels, attn, layers in ((256, 128, 2), (384, 192, 4), (512, 256, 3)):
+            stages.append({"channels": make_divisible(channels * w, 8), "blocks": 1,
+                           "stride": 2, "attn_dim": make_divisible(attn * w, 8),
+                           "attn_layers": layers})
+        return stages
+
+    def stem_channels(self):
+        return make_divisible(min(max(32 * self.width, 16), 64), 8, 16)
+
+
+def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name=None):
+    """Builds a MobileViTv2 classifier as a functional Keras model.
+
+    The model takes images with pixel values in [0, 255] (so that int8 inputs on the device
+    are raw pixels minus 128) and returns class logits.
+
+    Args:
+        config: a :class:`MobileViTV2Config`.
+        num_classes: int, number of classes.
+        input_shape: (height, width, channels); height and width must be multiples of 32.
+        name: model name.
+
+    Example:
+        >>> model = build_mobilevit_v2(MobileViTV2Config(width=0.5), 10, (64, 64, 3))
+        >>> model.output_shape
+        (None, 10)
+    """
+    input_shape = check_input_shape(input_shape)
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+    moe_layers = {}
+    if config.moe is not None:
+        for stage, index in config.moe.layers:
+            moe_layers.setdefault(stage, []).append(index)
+
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = ConvBNAct(config.stem_channels(), 3, 2, bn_momentum=config.bn_momentum,
+                  name="stem")(x)
+    for number, stage in enumerate(config.stages(), start=1):
+        for block in range(stage["blocks"]):
+            x = InvertedResidual(stage["channels"], stage["stride"] if block == 0 else 1,
+                                 config.expand_ratio, bn_momentum=config.bn_momentum,
+                                 name=f"stage{number}_mv2_{block}")(x)
+        if "attn_dim" in stage:
+            attn_dim = stage["attn_dim"]
+            ffn_dim = int(config.ffn_multiplier * attn_dim) // 16 * 16
+            moe = None
+            if number in moe_layers:
+                moe = {**config.moe.layer_kwargs()}
+                ffn_dim = config.moe.expert_hidden_dim or ffn_dim
+            x = MobileViTV2Block(attn_dim, ffn_dim, stage["attn_layers"],
+                                 moe_layers=tuple(moe_layers.get(number, ())), moe=moe,
+                                 bn_momentum=config.bn_momentum,
+                                 name=f"stage{number}_mvit")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(int(num_classes), name="classifier")(x)
+    return keras.Model(inputs, outputs, name=name or "mobilevit_v2")
+
+
+def check_input_shape(input_shape):
+    """Returns ``input_shape`` as a tuple of ints, or raises a ValueError naming the problem."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}.")
+    height, width, channels = shape
+    for label, size in (("height", height), ("width", width)):
+        if size < TOTAL_STRIDE or size % TOTAL_STRIDE:
+            raise ValueError(
+                f"Input {label} {size} cannot be taken: MobileViTv2 downsamples by "
+                f"{TOTAL_STRIDE}, so height and width must be positive multiples of "
+                f"{TOTAL_STRIDE} (e.g. 96, 128, 256).")
+    if channels < 1:
+        raise ValueError(f"Input channels must be at least 1, got {channels}.")
+    return shape
