@@ -1,5 +1,7 @@
 """Full-int8 TFLite conversion for TensorFlow Lite Micro."""
 
+import warnings
+
 import numpy as np
 
 from tinymoe.backend import tf
@@ -37,7 +39,10 @@ def to_tflite(model, representative_data, num_samples=100):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return converter.convert()
+    with warnings.catch_warnings():
+        # Printed for every int8-input model; the input statistics come from calibration.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
 
 
 def _calibration_images(data, image_shape, num_samples):

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+
+import tinymoe
+from conftest import synthetic_images
+from tinymoe.backend import keras
+from tinymoe.models import MoEConfig, create_model, list_models, read_routing
+
+REFERENCE_PARAMS = {  # MobileViTv2 at 256x256 with 1000 classes (Mehta & Rastegari, 2022)
+    "mobilevit_v2_050": 1.37e6,
+    "mobilevit_v2_075": 2.87e6,
+    "mobilevit_v2_100": 4.90e6,
+}
+
+
+def test_registry_lists_the_required_variants():
+    assert {"mobilevit_v2_050", "mobilevit_v2_075", "mobilevit_v2_100",
+            "mobilevit_v2_moe_050"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
+def test_dense_parameter_counts_match_the_reference(name):
+    model = create_model(name, num_classes=1000, input_shape=(256, 256, 3))
+    params = model.count_params()
+    assert abs(params - REFERENCE_PARAMS[name]) / REFERENCE_PARAMS[name] < 0.03, params
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_fits_a_step_and_round_trips_through_keras_file(name, tmp_path):
+    images, labels = synthetic_images(8, 64, 4)
+    model = create_model(name, num_classes=4, input_shape=(64, 64, 3))
+    # run_eagerly: tracing the training graph costs 30-70 s per model on 2 cores.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    before = model(images, training=False).numpy()
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert [w.name for w in loaded.weights] == [w.name for w in model.weights]
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), before, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_moe_model_has_experts_where_configured_and_routing_can_be_read():
+    model = create_model("mobilevit_v2_moe_050", num_classes=5, input_shape=(96, 96, 3))
+    images, _ = synthetic_images(3, 96, 5)
+    routing = read_routing(model, images)
+    # Default flagship: the last transformer layer of stages 4 (4 layers) and 5 (3 layers).
+    assert sorted(routing) == ["stage4_mvit/transformer_3", "stage5_mvit/transformer_2"]
+    # 96x96 input: stage 4 is 6x6 (9 patches), stage 5 is 3x3, padded to 4x4 (4 patches).
+    assert routing["stage4_mvit/transformer_3"]["probs"].shape == (3, 1, 9, 4)
+    assert routing["stage5_mvit/transformer_2"]["experts"].shape == (3, 1, 4, 1)
+
+
+def test_moe_config_is_an_override_away():
+    config = MoEConfig(num_experts=2, top_k=2, layers=((3, 0), (3, 1)), routing="token")
+    model = create_model("mobilevit_v2_050", num_classes=3, input_shape=(64, 64, 3), moe=config)
+    block = model.get_layer("stage3_mvit")
+    assert block.moe_layers == (0, 1)
+    assert block.transformer[0].ffn.num_experts == 2
+
+
+def test_profile_counts_params_and_macs_from_the_layers():
+    dense = create_model("mobilevit_v2_050", num_classes=10, input_shape=(96, 96, 3))
+    moe = create_model("mobilevit_v2_moe_050", num_classes=10, input_shape=(96, 96, 3))
+    dense_profile, moe_profile = tinymoe.profile(dense), tinymoe.profile(moe)
+    assert dense_profile["params"] == dense.count_params()
+    # The classifier alone: 256 features x 10 classes.
+    assert 256 * 10 < dense_profile["macs"] < 2e8
+    # Masked experts run every expert: E=4 feed-forwards instead of one in two layers.
+    stage4_ffn = 36 * 4 * 96 * 192 * 2 / 4  # 6x6 map = 36 tokens, d=96, h=192
+    assert moe_profile["macs"] - dense_profile["macs"] >= 3 * stage4_ffn
+    bigger = create_model("mobilevit_v2_050", num_classes=10, input_shape=(128, 128, 3))
+    assert tinymoe.profile(bigger)["macs"] > dense_profile["macs"]
+
+
+def test_count_macs_of_a_dense_layer():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    assert tinymoe.count_macs(model) == 12
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "mobilevit_v2_05"}, "Unknown model 'mobilevit_v2_05'. Did you mean"),
+    ({"input_shape": (100, 100, 3)}, "Input height 100 cannot be taken"),
+    ({"input_shape": (96, 16, 3)}, "Input width 16 cannot be taken"),
+    ({"input_shape": (96, 96)}, r"must be \(height, width, channels\)"),
+    ({"num_classes": 0}, "num_classes must be at least 1, got 0"),
+])
+def test_bad_model_requests_name_the_value(kwargs, message):
+    args = {"name": "mobilevit_v2_050", "num_classes": 10, "input_shape": (96, 96, 3), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        create_model(args.pop("name"), **args)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_experts": 0}, "num_experts must be at least 1, got 0"),
+    ({"num_experts": 2, "top_k": 3}, "top_k must be between 1 and num_experts=2, got 3"),
+    ({"layers": ((2, 0),)}, "stage must be one of"),
+])
+def test_bad_moe_config_names_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MoEConfig(**kwargs)
