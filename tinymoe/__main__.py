@@ -1,0 +1,5 @@
+import sys
+
+from tinymoe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""One row per registered model: size, compute, and whether its int8 form runs in TFLM."""
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tinymoe.export import check_tflm, to_tflite
+from tinymoe.models import create_model, list_models
+from tinymoe.profile import profile
+
+COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm")
+
+
+def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
+    """Builds each model, counts it, converts it to full int8 and runs it in TFLite Micro.
+
+    The models are untrained and calibrated on random images: the sizes, MACs and the TFLM
+    check do not depend on the weights.
+
+    Args:
+        names: model names (default: every registered model).
+        input_size: square input side in pixels (a multiple of 32).
+        num_classes: classifier width.
+        seed: seed of the random calibration images.
+
+    Returns:
+        list of dicts with the keys of ``COLUMNS`` (plus ``tflm_message`` when it fails).
+    """
+    names = list(names or list_models())
+    rng = np.random.default_rng(seed)
+    calibration = rng.uniform(0, 255, (8, input_size, input_size, 3)).astype(np.float32)
+    rows = []
+    for name in tqdm(names, desc="models", unit="model"):
+        model = create_model(name, num_classes=num_classes,
+                             input_shape=(input_size, input_size, 3))
+        counts = profile(model)
+        tflite_bytes = to_tflite(model, calibration)
+        check = check_tflm(tflite_bytes)
+        row = {"model": name, "params": counts["params"], "macs": counts["macs"],
+               "int8_bytes": len(tflite_bytes), "runs_in_tflm": "yes" if check.ok else "no"}
+        if not check.ok:
+            row["tflm_message"] = check.message
+        rows.append(row)
+    return rows
+
+
+def format_table(rows):
+    """A Markdown table of :func:`summarize_models` rows, numbers with thousands separators."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
