@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tinymoe.backend import keras, tf
+from tinymoe.cli import main
+from tinymoe.export import check_tflm, to_tflite
+
+
+def test_importing_tinymoe_after_keras3_tensorflow_fails_with_advice():
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = "import tensorflow as tf; tf.keras.layers.Dense; import tinymoe"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Set the environment variable TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+def test_tinymoe_selects_tf_keras_behind_tf_keras_attribute():
+    assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
+    assert tf.keras.layers.Dense is keras.layers.Dense
+
+
+def test_check_tflm_names_an_op_tflm_lacks():
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Activation(tf.nn.gelu)(keras.layers.Conv2D(4, 1)(inputs))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    check = check_tflm(to_tflite(keras.Model(inputs, outputs), images))
+    assert not check.ok
+    assert check.missing_ops == ("GELU",)
+    assert "GELU" in check.message
+
+
+def test_check_tflm_survives_a_crashing_interpreter():
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    tflite_bytes = to_tflite(model, images)
+    assert check_tflm(tflite_bytes).ok
+    small = check_tflm(tflite_bytes, arena_size=64)  # far too small an arena
+    assert not small.ok and small.message
+
+
+def test_cli_models_prints_json_rows(capsys):
+    status = main(["models", "--model", "mobilevit_v2_050", "--input-size", "64",
+                   "--num-classes", "3", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert rows[0]["model"] == "mobilevit_v2_050" and rows[0]["runs_in_tflm"] == "yes"
+    assert rows[0]["params"] > 0 and rows[0]["macs"] > 0 and rows[0]["int8_bytes"] > 0
+
+
+def test_cli_reports_bad_input_without_a_traceback(capsys):
+    assert main(["models", "--model", "mobilevit_v2_999"]) == 2
+    assert "Unknown model 'mobilevit_v2_999'" in capsys.readouterr().err
+    assert main(["models", "--input-size", "100"]) == 2
+    assert "Input height 100 cannot be taken" in capsys.readouterr().err
