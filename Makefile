@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tinymoe models --input-size 128 --num-classes 100
+	$(BIN)/tinymoe demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

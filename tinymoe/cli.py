@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -19,6 +20,82 @@ def _models(args):
             if "tflm_message" in row:
                 print(f"{row['model']}: {row['tflm_message']}")
     return 0 if all(row["runs_in_tflm"] == "yes" for row in rows) else 1
+
+
+def _parse_layers(text):
+    """``"4:-1,5:-1"`` -> ((4, -1), (5, -1))."""
+    try:
+        return tuple(tuple(int(v) for v in item.split(":")) for item in text.split(","))
+    except ValueError:
+        raise ValueError(f"--layers takes STAGE:INDEX pairs such as 4:-1,5:-1, got {text!r}.")
+
+
+def _augment(name):
+    from tinymoe.augment import AugmentConfig
+
+    return {"none": None, "default": AugmentConfig(),
+            "digits": AugmentConfig(crop_area=(0.7, 1.0), flip=False),
+            "strong": AugmentConfig(rand_augment=True, mixup_alpha=0.2, cutmix_alpha=1.0)}[name]
+
+
+def _train(args):
+    from tinymoe.data import load_dataset
+    from tinymoe.pipeline import train_run
+    from tinymoe.train import TrainConfig
+
+    data = load_dataset(args.data, args.input_size)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
+                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
+    _, summary = train_run(args.model, data, args.out, config, _augment(args.augment))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _upcycle(args):
+    from tinymoe.data import load_dataset
+    from tinymoe.models import MoEConfig
+    from tinymoe.pipeline import upcycle_run
+
+    data = load_dataset(args.data, args.input_size)
+    config = MoEConfig(num_experts=args.experts, top_k=args.top_k,
+                       layers=_parse_layers(args.layers), routing=args.routing)
+    _, summary = upcycle_run(args.dense, data, args.out, config, router=args.router,
+                             num_images=args.images, linkage=args.linkage, noise=args.noise)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _analyze(args):
+    from tinymoe.data import load_dataset
+    from tinymoe.pipeline import analyze_run
+
+    data = load_dataset(args.data, args.input_size)
+    print(json.dumps(analyze_run(args.model, data, args.out, args.split, args.images),
+                     indent=2))
+    return 0
+
+
+def _demo(args):
+    from tinymoe.pipeline import demo
+
+    summary = demo(args.out, dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs)
+    dense, moe = summary["dense"], summary["moe"]
+    print("\nDemo on scikit-learn digits (32x32, 10 classes):")
+    print("| model | params | MACs | val top-1 |\n|---|---|---|---|")
+    for label, row in (("dense MobileViTv2-0.5", dense), ("cluster-upcycled MoE-0.5", moe)):
+        print(f"| {label} | {row['params']:,} | {row['macs']:,} | {row['val_accuracy']:.3f} |")
+    for key, layer in summary["analysis"].items():
+        print(f"{key}: expert load {layer['load']}; figures in {os.path.dirname(layer['files'][0])}")
+    return 0
+
+
+def _add_data_args(parser, default_size=32):
+    parser.add_argument("--data", default="digits", metavar="DIR",
+                        help="'digits' (built in, no download) or a dataset folder: class "
+                             "folders of images, or images/ plus splits.csv (path,species,split)")
+    parser.add_argument("--input-size", type=int, default=default_size, metavar="PIXELS",
+                        help=f"square image side, a multiple of 32 (default: {default_size})")
 
 
 def build_parser():
@@ -40,6 +117,74 @@ def build_parser():
                         help="number of classes (default: 100)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
+
+    train = commands.add_parser(
+        "train", help="train a model with Keras fit (AdamW, cosine decay, label smoothing)",
+        description="Trains a registered model, or continues a .keras model (e.g. one made by "
+                    "'tinymoe upcycle'), and writes OUT/best.keras, OUT/log.csv and "
+                    "OUT/summary.json.")
+    train.add_argument("--model", default="mobilevit_v2_050",
+                       help="registry name or .keras file (default: mobilevit_v2_050)")
+    _add_data_args(train)
+    train.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=2e-3, help="peak (default 2e-3)")
+    train.add_argument("--warmup-epochs", type=float, default=2.0)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--augment", choices=("none", "default", "digits", "strong"),
+                       default="default",
+                       help="none; default (random crop and flip); digits (crop, no flip); "
+                            "strong (crop, flip, RandAugment, MixUp/CutMix)")
+    train.set_defaults(run=_train)
+
+    upcycle = commands.add_parser(
+        "upcycle", help="turn a trained dense model into a mixture of experts",
+        description="Clusters the post-attention patch embeddings of a trained dense model "
+                    "(agglomerative clustering), initialises each MoE router from the "
+                    "clusters and copies the dense feed-forward into every expert. Writes "
+                    "OUT (.keras) and a JSON report beside it. Fine-tune it with "
+                    "'tinymoe train --model OUT'.")
+    upcycle.add_argument("dense", help="the dense .keras model")
+    _add_data_args(upcycle)
+    upcycle.add_argument("--out", required=True, metavar="FILE.keras")
+    upcycle.add_argument("--experts", type=int, default=4)
+    upcycle.add_argument("--top-k", type=int, default=1)
+    upcycle.add_argument("--layers", default="4:-1,5:-1", metavar="STAGE:INDEX,...",
+                         help="transformer layers that get experts (default: 4:-1,5:-1, the "
+                              "last layer of stages 4 and 5)")
+    upcycle.add_argument("--routing", choices=("patch", "token"), default="patch")
+    upcycle.add_argument("--router", choices=("cluster", "random"), default="cluster",
+                         help="cluster (the paper's initialisation) or random (baseline)")
+    upcycle.add_argument("--linkage", choices=("ward", "complete", "average", "single"),
+                         default="ward")
+    upcycle.add_argument("--images", type=int, default=512,
+                         help="training images whose patches are clustered (default: 512)")
+    upcycle.add_argument("--noise", type=float, default=0.0,
+                         help="relative noise added to the expert copies (default: 0)")
+    upcycle.set_defaults(run=_upcycle)
+
+    analyze = commands.add_parser(
+        "analyze", help="class-expert affinity, expert load and patch-grouping figures",
+        description="Writes, for every MoE layer: the class-expert affinity matrix (plain "
+                    "and the paper's variant) as PNG and .npz, the expert load, and images "
+                    "with their patches coloured by expert.")
+    analyze.add_argument("model", help="a .keras model with experts")
+    _add_data_args(analyze)
+    analyze.add_argument("--out", required=True, metavar="DIR")
+    analyze.add_argument("--split", choices=("train", "val", "test"), default="val")
+    analyze.add_argument("--images", type=int, default=512, help="images analysed at most")
+    analyze.set_defaults(run=_analyze)
+
+    demo = commands.add_parser(
+        "demo", help="the whole method on the built-in digits, in a few minutes",
+        description="Dense training -> cluster-initialised upcycling -> MoE fine-tuning -> "
+                    "affinity figures, on scikit-learn's digits at 32x32.")
+    demo.add_argument("--out", default="runs/demo", metavar="DIR")
+    demo.add_argument("--dense-epochs", type=int, default=12)
+    demo.add_argument("--moe-epochs", type=int, default=6)
+    demo.set_defaults(run=_demo)
     return parser
 
 

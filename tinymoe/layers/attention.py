@@ -1,10 +1,11 @@
 """MobileViTv2 separable (linear) self-attention over patch tokens."""
 
 from tinymoe.backend import keras, register, tf
+from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 
 
 @register
-class SeparableSelfAttention(keras.layers.Layer):
+class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
     """Separable self-attention of MobileViTv2, linear in the number of patches.
 
     On tokens ``[B, P, N, d]`` (P pixel positions per patch, N patches): one pointwise
@@ -21,9 +22,9 @@ class SeparableSelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         dim = int(input_shape[-1])
         self.qkv = keras.layers.Conv2D(1 + 2 * dim, 1, name="qkv")
-        self.qkv.build(input_shape)
+        build_sublayer(self.qkv, input_shape)
         self.out_proj = keras.layers.Conv2D(dim, 1, name="out_proj")
-        self.out_proj.build(input_shape)
+        build_sublayer(self.out_proj, input_shape)
         super().build(input_shape)
 
     def call(self, x):

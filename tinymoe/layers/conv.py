@@ -2,10 +2,11 @@
 
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
+from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 
 
 @register
-class ConvBNAct(keras.layers.Layer):
+class ConvBNAct(ScopedBuildMixin, keras.layers.Layer):
     """A convolution, batch normalisation and an optional activation.
 
     Args:
@@ -52,9 +53,9 @@ class ConvBNAct(keras.layers.Layer):
             raise ValueError(
                 f"{self.name}: a depthwise ConvBNAct keeps the channels, but filters={self.filters} "
                 f"and the input has {input_shape[-1]} channels.")
-        self.conv.build(input_shape)
+        build_sublayer(self.conv, input_shape)
         if self.norm is not None:
-            self.norm.build(self.conv.compute_output_shape(input_shape))
+            build_sublayer(self.norm, self.conv.compute_output_shape(input_shape))
         super().build(input_shape)
 
     def call(self, x, training=None):
@@ -74,7 +75,7 @@ class ConvBNAct(keras.layers.Layer):
 
 
 @register
-class InvertedResidual(keras.layers.Layer):
+class InvertedResidual(ScopedBuildMixin, keras.layers.Layer):
     """The MobileNetV2 inverted residual block used by MobileViTv2.
 
     1x1 expansion (swish), 3x3 depthwise (swish, carries the stride), 1x1 projection (no
@@ -112,15 +113,15 @@ class InvertedResidual(keras.layers.Layer):
         if self.expand_ratio != 1:
             self.expand = ConvBNAct(hidden, 1, activation=self.activation,
                                     bn_momentum=self.bn_momentum, name="expand")
-            self.expand.build(shape)
+            build_sublayer(self.expand, shape)
             shape = self.expand.compute_output_shape(shape)
         else:
             hidden = in_channels
         self.depthwise = ConvBNAct(hidden, 3, self.strides, depthwise=True,
                                    activation=self.activation, bn_momentum=self.bn_momentum,
                                    name="depthwise")
-        self.depthwise.build(shape)
-        self.project.build(self.depthwise.compute_output_shape(shape))
+        build_sublayer(self.depthwise, shape)
+        build_sublayer(self.project, self.depthwise.compute_output_shape(shape))
         self.use_residual = self.strides == 1 and in_channels == self.filters
         super().build(input_shape)
 

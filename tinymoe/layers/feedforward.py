@@ -2,10 +2,11 @@
 
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
+from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 
 
 @register
-class FeedForward(keras.layers.Layer):
+class FeedForward(ScopedBuildMixin, keras.layers.Layer):
     """Two pointwise (1x1) convolutions, ``d -> hidden_dim -> d``, with an activation between.
 
     Args:
@@ -28,9 +29,9 @@ class FeedForward(keras.layers.Layer):
         self._act = get_activation(self.activation)
 
     def build(self, input_shape):
-        self.up.build(input_shape)
+        build_sublayer(self.up, input_shape)
         self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
-        self.down.build(self.up.compute_output_shape(input_shape))
+        build_sublayer(self.down, self.up.compute_output_shape(input_shape))
         super().build(input_shape)
 
     def call(self, x):

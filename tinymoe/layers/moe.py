@@ -15,6 +15,7 @@ import math
 
 from tinymoe.backend import keras, register, tf
 from tinymoe.layers.activations import check_activation, get_activation
+from tinymoe.layers.building import ScopedBuildMixin
 
 ROUTING_MODES = ("patch", "token")
 
@@ -55,7 +56,7 @@ def load_balancing_loss(probs, mask, top_k):
 
 
 @register
-class MoEFeedForward(keras.layers.Layer):
+class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     """A mixture-of-experts feed-forward on patch tokens ``[B, P, N, d]``.
 
     Args:

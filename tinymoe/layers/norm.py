@@ -1,10 +1,11 @@
 """A layer norm written with ops that quantise to pure int8 in TFLite."""
 
 from tinymoe.backend import keras, register, tf
+from tinymoe.layers.building import ScopedBuildMixin
 
 
 @register
-class LayerNorm(keras.layers.Layer):
+class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
     """Layer normalisation over the last axis, as MEAN, SUB, MUL, RSQRT and MUL.
 
     ``keras.layers.LayerNormalization`` converts with a float island (DEQUANTIZE, NEG,

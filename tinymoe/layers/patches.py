@@ -8,6 +8,7 @@ of one patch to the same expert.
 """
 
 from tinymoe.backend import keras, register, tf
+from tinymoe.layers.building import ScopedBuildMixin
 
 
 def patch_grid(height, width, patch_size, pad):
@@ -27,7 +28,7 @@ def patch_grid(height, width, patch_size, pad):
 
 
 @register
-class PatchUnfold(keras.layers.Layer):
+class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
     """Cuts a feature map into non-overlapping patches: ``[B, H, W, C] -> [B, P, N, C]``.
 
     Args:
@@ -78,7 +79,7 @@ class PatchUnfold(keras.layers.Layer):
 
 
 @register
-class PatchFold(keras.layers.Layer):
+class PatchFold(ScopedBuildMixin, keras.layers.Layer):
     """Puts patches back into a feature map: ``[B, P, N, C] -> [B, height, width, C]``.
 
     The inverse of :class:`PatchUnfold`; padding added by the unfold is cropped away.

@@ -7,10 +7,11 @@ from tinymoe.layers.feedforward import FeedForward
 from tinymoe.layers.moe import MoEFeedForward
 from tinymoe.layers.norm import LayerNorm
 from tinymoe.layers.patches import PatchFold, PatchUnfold
+from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 
 
 @register
-class TransformerLayer(keras.layers.Layer):
+class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
     """Pre-norm separable attention and feed-forward, each with a residual connection.
 
     ``x = x + attention(norm(x)); x = x + ffn(norm(x))`` on tokens ``[B, P, N, d]``.
@@ -51,7 +52,7 @@ class TransformerLayer(keras.layers.Layer):
 
     def build(self, input_shape):
         for layer in (self.attn_norm, self.attn, self.ffn_norm, self.ffn):
-            layer.build(input_shape)
+            build_sublayer(layer, input_shape)
         super().build(input_shape)
 
     def call(self, x, training=None):
@@ -83,7 +84,7 @@ class TransformerLayer(keras.layers.Layer):
 
 
 @register
-class MobileViTV2Block(keras.layers.Layer):
+class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
     """The MobileViTv2 block: local representation, L transformer layers, projection.
 
     ``local_rep`` (3x3 depthwise conv, then 1x1 to ``attn_dim``), ``global_rep`` (unfold into
@@ -138,19 +139,19 @@ class MobileViTV2Block(keras.layers.Layer):
         channels, height, width = int(input_shape[-1]), input_shape[1], input_shape[2]
         self.local_dw = ConvBNAct(channels, 3, depthwise=True, activation=self.activation,
                                   bn_momentum=self.bn_momentum, name="local_dw")
-        self.local_dw.build(input_shape)
-        self.local_pw.build(input_shape)
+        build_sublayer(self.local_dw, input_shape)
+        build_sublayer(self.local_pw, input_shape)
         shape = self.local_pw.compute_output_shape(input_shape)
         tokens = self.unfold.compute_output_shape(shape)
-        self.unfold.build(shape)
+        build_sublayer(self.unfold, shape)
         for layer in self.transformer:
-            layer.build(tokens)
-        self.norm.build(tokens)
+            build_sublayer(layer, tokens)
+        build_sublayer(self.norm, tokens)
         self.fold = PatchFold(height, width, self.patch_size, name="fold")
-        self.fold.build(tokens)
+        build_sublayer(self.fold, tokens)
         self.conv_proj = ConvBNAct(channels, 1, activation=None, bn_momentum=self.bn_momentum,
                                    name="conv_proj")
-        self.conv_proj.build(shape)
+        build_sublayer(self.conv_proj, shape)
         super().build(input_shape)
 
     def call(self, x, training=None):

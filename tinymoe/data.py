@@ -1,0 +1,206 @@
+"""Image data for tinymoe: image-folder trees, an optional split file, and a built-in default.
+
+Images are decoded and resized once, in memory, as uint8 (cub100 at 128x128 is about 290 MB);
+a file that cannot be decoded is skipped and counted in one warning. ``make_dataset`` turns
+arrays into batched ``tf.data`` pipelines with optional keras-cv augmentation.
+"""
+
+import csv
+import dataclasses
+import os
+import warnings
+import zlib
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tinymoe.backend import tf
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Images of one dataset, decoded and resized, with their split.
+
+    Attributes:
+        images: uint8 ``[N, H, W, 3]``.
+        labels: int32 ``[N]``, indices into ``class_names``.
+        splits: ``[N]`` strings, "train", "val" or "test".
+        class_names: class names in label order (sorted folder names).
+        paths: ``[N]`` source file paths ("" for built-in data).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    class_names: list
+    paths: np.ndarray
+
+    def split(self, name):
+        """``(images, labels)`` of one split."""
+        if name not in SPLITS:
+            raise ValueError(f"Unknown split {name!r}; choose one of {SPLITS}.")
+        keep = self.splits == name
+        return self.images[keep], self.labels[keep]
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def scan_image_folder(image_dir, split_file=None, val_fraction=0.15, test_fraction=0.15):
+    """Lists an image-folder tree (one folder per class) and assigns each file a split.
+
+    Args:
+        image_dir: folder with one sub-folder of images per class.
+        split_file: optional CSV with columns ``path,species,split``; paths are relative to
+            the split file's folder. Without it, each file goes to a split by a stable hash
+            of its path relative to ``image_dir``.
+        val_fraction, test_fraction: shares used by the hash split.
+
+    Returns:
+        (paths, labels, splits, class_names).
+
+    Raises:
+        ValueError: no class folders, an empty class folder, a split file that names a
+            missing file or an unknown class or split.
+    """
+    if not os.path.isdir(image_dir):
+        raise ValueError(f"Image folder {image_dir!r} does not exist.")
+    class_names = sorted(d for d in os.listdir(image_dir)
+                         if os.path.isdir(os.path.join(image_dir, d)))
+    if not class_names:
+        raise ValueError(f"Image folder {image_dir!r} has no class folders.")
+    files = {}
+    for name in class_names:
+        folder = os.path.join(image_dir, name)
+        found = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise ValueError(f"Class folder {folder!r} has no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        files[name] = [os.path.join(folder, f) for f in found]
+    index = {name: i for i, name in enumerate(class_names)}
+    if split_file is None:
+        paths = [p for name in class_names for p in files[name]]
+        labels = [index[name] for name in class_names for _ in files[name]]
+        splits = [_hash_split(os.path.relpath(p, image_dir), val_fraction, test_fraction)
+                  for p in paths]
+    else:
+        paths, labels, splits = _read_split_file(split_file, index)
+    return (np.asarray(paths), np.asarray(labels, np.int32), np.asarray(splits), class_names)
+
+
+def _hash_split(relative_path, val_fraction, test_fraction):
+    position = (zlib.crc32(relative_path.encode("utf-8")) % 10_000) / 10_000
+    if position < test_fraction:
+        return "test"
+    return "val" if position < test_fraction + val_fraction else "train"
+
+
+def _read_split_file(split_file, class_index):
+    base = os.path.dirname(os.path.abspath(split_file))
+    paths, labels, splits, missing = [], [], [], []
+    with open(split_file, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not {"path", "species", "split"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"Split file {split_file!r} needs the columns path,species,split; "
+                             f"it has {reader.fieldnames}.")
+        for line, row in enumerate(reader, start=2):
+            path = os.path.join(base, row["path"])
+            if row["species"] not in class_index:
+                raise ValueError(f"{split_file}:{line}: class {row['species']!r} has no folder.")
+            if row["split"] not in SPLITS:
+                raise ValueError(f"{split_file}:{line}: split {row['split']!r} is not one of "
+                                 f"{SPLITS}.")
+            if not os.path.isfile(path):
+                missing.append(row["path"])
+            paths.append(path)
+            labels.append(class_index[row["species"]])
+            splits.append(row["split"])
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"Split file {split_file!r} names {len(missing)} missing file(s): "
+                         f"{shown}")
+    return paths, labels, splits
+
+
+def decode_images(paths, size, progress=True):
+    """Decodes and resizes image files to uint8 ``[N, size, size, 3]``.
+
+    A file that cannot be read or decoded (truncated, not an image) is skipped; all of them
+    are counted in one warning.
+
+    Returns:
+        (images, kept): the images, and a boolean mask of the paths that decoded.
+    """
+    images, kept, failed = [], np.zeros(len(paths), bool), []
+    for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img",
+                                  disable=not progress)):
+        try:
+            raw = tf.io.read_file(path)
+            image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+            image = tf.image.resize(image, (size, size), antialias=True)
+        except (tf.errors.OpError, ValueError) as error:
+            failed.append((str(path), str(error).strip().splitlines()[0][:80]))
+            continue
+        images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
+        kept[i] = True
+    if failed:
+        shown = "; ".join(f"{p} ({e})" for p, e in failed[:3])
+        warnings.warn(f"Skipped {len(failed)} unreadable image(s) of {len(paths)}: {shown}"
+                      + (" ..." if len(failed) > 3 else ""), stacklevel=2)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, kept
+
+
+def load_image_folder(image_dir, size, split_file=None, progress=True, **split_kwargs):
+    """Scans, decodes and resizes an image-folder tree into :class:`ImageData`.
+
+    Example:
+        >>> data = load_image_folder("../shared/data/cub100/images", 128,
+        ...                          split_file="../shared/data/cub100/splits.csv")
+        >>> x_train, y_train = data.split("train")
+    """
+    paths, labels, splits, class_names = scan_image_folder(image_dir, split_file,
+                                                           **split_kwargs)
+    images, kept = decode_images(paths, size, progress)
+    return ImageData(images, labels[kept], splits[kept], class_names, paths[kept])
+
+
+def load_dataset(source, size, progress=True):
+    """Loads ``"digits"`` (the built-in default) or a dataset folder.
+
+    A folder holding ``images/`` and ``splits.csv`` (as cub100 does) uses both; any other
+    folder is taken as the image-folder tree itself.
+    """
+    if source in (None, "digits"):
+        return load_digits(size)
+    images_dir, split_file = source, None
+    if os.path.isdir(os.path.join(source, "images")):
+        images_dir = os.path.join(source, "images")
+        candidate = os.path.join(source, "splits.csv")
+        split_file = candidate if os.path.isfile(candidate) else None
+    return load_image_folder(images_dir, size, split_file, progress)
+
+
+def load_digits(size=32, seed=0):
+    """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), as RGB images.
+
+    Needs no download. Resized to ``size`` with bilinear interpolation, scaled to [0, 255],
+    repeated to 3 channels, and split 70/15/15 by a fixed permutation.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    small = (digits.images.astype(np.float32) * (255.0 / 16.0))[..., None]
+    resized = tf.image.resize(small, (size, size), method="bilinear").numpy()
+    images = np.repeat(np.clip(np.round(resized), 0, 255).astype(np.uint8), 3, axis=-1)
+    order = np.random.default_rng(seed).permutation(len(images))
+    splits = np.empty(len(images), dtype="<U5")
+    n_train, n_val = int(0.7 * len(images)), int(0.15 * len(images))
+    splits[order[:n_train]] = "train"
+    splits[order[n_train:n_train + n_val]] = "val"
+    splits[order[n_train + n_val:]] = "test"
+    return ImageData(images, digits.target.astype(np.int32), splits,
+                     [str(i) for i in range(10)], np.full(len(images), "", dtype="<U1"))

@@ -1,0 +1,38 @@
+"""Writing files atomically: a reader never sees a half-written file."""
+
+import contextlib
+import json
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    On an error the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> with atomic_path("figure.png") as tmp:
+        ...     fig.savefig(tmp, format="png")
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"Output path {path!r} is a folder, not a file.")
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(handle)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, data):
+    """Writes ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")

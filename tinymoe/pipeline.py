@@ -1,0 +1,165 @@
+"""The whole job as functions that read and write files: what the CLI and `make demo` run."""
+
+import os
+import time
+
+import numpy as np
+
+from tinymoe.augment import AugmentConfig, make_dataset
+from tinymoe.backend import keras
+from tinymoe.data import load_dataset
+from tinymoe.files import write_json
+from tinymoe.models import create_model, list_models
+from tinymoe.profile import profile
+from tinymoe.train import TrainConfig, fit
+
+
+def load_model(path):
+    """Loads a ``.keras`` file written by tinymoe (for inference or further training)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {path!r} does not exist.")
+    return keras.models.load_model(path, compile=False)
+
+
+def evaluate(model, images, labels, num_classes, batch_size=64):
+    """Top-1 accuracy of ``model`` on ``images``."""
+    dataset = make_dataset(images, labels, num_classes, batch_size)
+    logits = np.concatenate([model(x, training=False).numpy() for x, _ in dataset])
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def train_run(model, data, out_dir, config, augment=None, verbose=1):
+    """Trains ``model`` (a registry name or a loaded model) on ``data`` and writes its files.
+
+    Writes ``best.keras`` (best validation accuracy), ``log.csv`` and ``summary.json`` into
+    ``out_dir``.
+
+    Returns:
+        (best model, summary dict: params, macs, val_accuracy, images_per_second, ...).
+    """
+    if isinstance(model, str):
+        if model.endswith(".keras"):
+            model = load_model(model)
+        elif model in list_models():
+            model = create_model(model, num_classes=data.num_classes,
+                                 input_shape=data.images.shape[1:])
+        else:
+            raise ValueError(f"{model!r} is neither a registered model "
+                             f"({', '.join(list_models())}) nor a .keras file.")
+    x_train, y_train = data.split("train")
+    x_val, y_val = data.split("val")
+    train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
+                         training=True, augment=augment)
+    val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
+    start = time.time()
+    history = fit(model, train, val, config, out_dir, verbose)
+    seconds = time.time() - start
+    best_path = os.path.join(out_dir, "best.keras")
+    best = load_model(best_path)
+    summary = {
+        **{k: v for k, v in profile(best).items()},
+        "model": model.name,
+        "epochs": config.epochs,
+        "train_images": int(len(x_train)),
+        "train_seconds": round(seconds, 1),
+        "images_per_second": round(config.epochs * len(x_train) / seconds, 1),
+        "val_accuracy": evaluate(best, x_val, y_val, data.num_classes) if len(x_val) else None,
+        "final_train_accuracy": float(history.history["accuracy"][-1]),
+        "best": best_path,
+    }
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    return best, summary
+
+
+def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_images=512,
+                **upcycle_kwargs):
+    """Upcycles the dense model at ``dense_path`` and writes the MoE model to ``out_path``.
+
+    Clusters the patches of ``num_images`` training images; writes ``out_path`` (``.keras``)
+    and a JSON report beside it.
+    """
+    from tinymoe.routing import upcycle
+
+    if not out_path.endswith(".keras"):
+        raise ValueError(f"The output must be a .keras file, got {out_path!r}.")
+    dense = load_model(dense_path)
+    x_train, _ = data.split("train")
+    moe, report = upcycle(dense, moe_config, x_train[:num_images], router=router,
+                          **upcycle_kwargs)
+    from tinymoe.files import atomic_path
+    with atomic_path(out_path) as tmp:
+        moe.save(tmp)
+    summary = {"router": report.router, "layers": report.layers, "dense": dense_path,
+               "images": int(min(num_images, len(x_train))), **profile(moe)}
+    write_json(os.path.splitext(out_path)[0] + "_upcycle.json", summary)
+    return moe, summary
+
+
+def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=8):
+    """Writes affinity matrices (PNG and ``.npz``), expert load and patch-grouping pictures.
+
+    Returns:
+        dict from layer key to ``{"load": [...], "files": [...]}``.
+    """
+    from tinymoe.analysis import analyze, plot_affinity, plot_patch_groups
+    from tinymoe.files import atomic_path
+
+    if isinstance(model, str):
+        model = load_model(model)
+    images, labels = data.split(split)
+    images, labels = images[:max_images], labels[:max_images]
+    results = analyze(model, images.astype(np.float32), labels, data.num_classes)
+    if not results:
+        raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to analyse.")
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {}
+    for key, result in results.items():
+        stem = key.replace("/", "_")
+        num_experts = result["affinity"].shape[1]
+        files = [
+            plot_affinity(result["affinity"], data.class_names,
+                          os.path.join(out_dir, f"{stem}_affinity.png"),
+                          f"{key}: share of each class's patches per expert"),
+            plot_affinity(result["paper_affinity"], data.class_names,
+                          os.path.join(out_dir, f"{stem}_paper_affinity.png"),
+                          f"{key}: affinity (softmax T=0.001, < 0.05 set to 0)"),
+            plot_patch_groups(images[:num_pictures], result["experts"][:num_pictures],
+                              result["patch_pixels"],
+                              os.path.join(out_dir, f"{stem}_patches.png"), num_experts,
+                              [data.class_names[i] for i in labels[:num_pictures]]),
+        ]
+        arrays = os.path.join(out_dir, f"{stem}.npz")
+        with atomic_path(arrays) as tmp:
+            np.savez(tmp, affinity=result["affinity"], paper_affinity=result["paper_affinity"],
+                     load=result["load"], experts=result["experts"])
+        files.append(arrays)
+        summary[key] = {"load": [round(float(v), 4) for v in result["load"]], "files": files}
+    write_json(os.path.join(out_dir, "analysis.json"), summary)
+    return summary
+
+
+def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verbose=2):
+    """The whole method on scikit-learn's digits, in a few minutes on 2 cores.
+
+    Dense MobileViTv2-0.5 -> cluster-initialised MoE (4 experts, top-1) -> fine-tuning ->
+    affinity figures. Returns a summary dict and writes everything under ``out_dir``.
+    """
+    from tinymoe.models import MoEConfig
+
+    data = load_dataset("digits", input_size)
+    augment = AugmentConfig(crop=True, crop_area=(0.7, 1.0), flip=False)
+    keras.utils.set_random_seed(0)
+    dense_config = TrainConfig(epochs=dense_epochs, batch_size=32, warmup_epochs=1)
+    _, dense_summary = train_run("mobilevit_v2_050", data, os.path.join(out_dir, "dense"),
+                                 dense_config, augment, verbose)
+    moe_path = os.path.join(out_dir, "upcycled.keras")
+    moe_config = MoEConfig(num_experts=4, top_k=1, layers=((4, -1), (5, -1)))
+    upcycle_run(dense_summary["best"], data, moe_path, moe_config, num_images=512)
+    moe_train = TrainConfig(epochs=moe_epochs, batch_size=32, learning_rate=5e-4,
+                            warmup_epochs=0.5)
+    _, moe_summary = train_run(moe_path, data, os.path.join(out_dir, "moe"), moe_train,
+                               augment, verbose)
+    analysis = analyze_run(moe_summary["best"], data, os.path.join(out_dir, "analysis"))
+    summary = {"dense": dense_summary, "moe": moe_summary, "analysis": analysis}
+    write_json(os.path.join(out_dir, "demo_summary.json"), summary)
+    return summary

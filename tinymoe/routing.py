@@ -1,0 +1,235 @@
+"""Cluster-initialised routers: upcycling a trained dense MobileViTv2 into a mixture of experts.
+
+The paper's method (Mensah et al., arXiv 2411.07834): run training images through the dense
+network, take the embedding each patch has right after the attention of a layer (the input
+the feed-forward, and so the router, receives), cluster those embeddings hierarchically into
+E groups, and start the router so that each expert owns one group. The experts start as
+copies of the dense feed-forward, and every other weight is copied from the dense model.
+
+With centroids c_e, the router ``logits_e = (x . c_e - |c_e|^2 / 2) / t`` ranks experts by
+distance to their centroid (argmax logits = nearest centroid), so at step 0 each patch goes
+to the expert of the cluster it is closest to; the temperature t sets how sharp the gates are.
+"""
+
+import dataclasses
+
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering
+
+from tinymoe.backend import keras
+from tinymoe.layers import MobileViTV2Block, MoEFeedForward
+from tinymoe.models.tracing import trace
+
+ROUTER_INITS = ("cluster", "random")
+
+
+def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
+    """Post-attention embeddings of the transformer layers ``keys`` on ``images``.
+
+    Args:
+        model: a registered-architecture Keras model.
+        images: ``[B, H, W, C]`` pixel values.
+        keys: layer keys ``"<block>/transformer_<i>"``.
+        routing: "patch" averages the P pixel tokens of each patch (what a per-patch router
+            sees); "token" keeps every token.
+
+    Returns:
+        dict from key to float32 ``[num_patches_or_tokens, d]``.
+    """
+    _, infos = trace(model, images, batch_size)
+    embeddings = {}
+    for key in keys:
+        if key not in infos:
+            raise ValueError(f"The model has no transformer layer {key!r}; it has "
+                             f"{sorted(infos)}.")
+        tokens = infos[key]["ffn_input"]  # [B, P, N, d]
+        if routing == "patch":
+            tokens = tokens.mean(axis=1)  # -> [B, N, d]
+        embeddings[key] = tokens.reshape(-1, tokens.shape[-1]).astype(np.float32)
+    return embeddings
+
+
+def cluster_embeddings(embeddings, num_experts, linkage="ward", max_samples=4000, seed=0):
+    """Agglomerative clustering of embeddings into ``num_experts`` groups.
+
+    Args:
+        embeddings: ``[M, d]``.
+        num_experts: number of clusters.
+        linkage: "ward" (default), "complete", "average" or "single" (scikit-learn's).
+        max_samples: cluster a seeded random subset of at most this many rows (the method's
+            memory grows with the square of the rows).
+        seed: subset seed.
+
+    Returns:
+        (centroids ``[E, d]``, cluster sizes ``[E]`` in the subset).
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    if len(embeddings) < num_experts:
+        raise ValueError(f"{len(embeddings)} embeddings cannot form {num_experts} clusters; "
+                         "use more images.")
+    if len(embeddings) > max_samples:
+        pick = np.random.default_rng(seed).choice(len(embeddings), max_samples, replace=False)
+        embeddings = embeddings[np.sort(pick)]
+    labels = AgglomerativeClustering(n_clusters=num_experts, linkage=linkage).fit_predict(
+        embeddings)
+    centroids = np.stack([embeddings[labels == e].mean(axis=0) for e in range(num_experts)])
+    return centroids, np.bincount(labels, minlength=num_experts)
+
+
+def router_from_centroids(centroids, embeddings=None, temperature=None):
+    """Router weights that send each embedding to the expert of its nearest centroid.
+
+    Args:
+        centroids: ``[E, d]``.
+        embeddings: ``[M, d]``, used to choose the temperature when it is None.
+        temperature: logit temperature; None picks the one that gives the median embedding
+            a logit gap of 2 between its nearest and second-nearest expert.
+
+    Returns:
+        (kernel ``[d, E]``, bias ``[E]``, temperature).
+    """
+    centroids = np.asarray(centroids, np.float64)
+    if temperature is None:
+        temperature = 1.0
+        if embeddings is not None and len(centroids) > 1:
+            distances = ((np.asarray(embeddings, np.float64)[:, None, :] - centroids[None]) ** 2
+                         ).sum(-1)
+            nearest = np.sort(distances, axis=1)
+            gaps = nearest[:, 1] - nearest[:, 0]
+            gaps = gaps[gaps > 1e-9 * max(1.0, float(nearest[:, 1].max()))]
+            if len(gaps):  # else every embedding is equally far from two centroids
+                temperature = float(np.median(gaps)) / 4.0
+    kernel = centroids.T / temperature
+    bias = -0.5 * (centroids ** 2).sum(axis=1) / temperature
+    return kernel.astype(np.float32), bias.astype(np.float32), float(temperature)
+
+
+@dataclasses.dataclass
+class UpcycleReport:
+    """What :func:`upcycle` did, per mixture-of-experts layer.
+
+    Attributes:
+        router: "cluster" or "random".
+        layers: dict from layer key to ``{"cluster_sizes", "temperature", "embeddings"}``
+            (sizes and temperature only for "cluster").
+    """
+
+    router: str
+    layers: dict
+
+
+def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
+            max_samples=4000, noise=0.0, temperature=None, seed=0, batch_size=32):
+    """Turns a trained dense MobileViTv2 into a mixture-of-experts model.
+
+    Args:
+        dense_model: a trained dense model from :func:`tinymoe.models.create_model`.
+        moe_config: a :class:`tinymoe.models.MoEConfig` saying which layers get experts.
+        images: training images ``[B, H, W, C]`` whose patches are clustered.
+        router: "cluster" (the paper's initialisation) or "random" (the baseline: a
+            randomly initialised router, experts still copied).
+        linkage: agglomerative clustering linkage ("ward" by default).
+        max_samples: patches clustered per layer at most.
+        noise: experts are the dense weights plus Gaussian noise of ``noise`` times each
+            weight's standard deviation (0: exact copies).
+        temperature: router temperature; None chooses it from the data.
+        seed: seed of the patch subset, the noise and the random router.
+
+    Returns:
+        (moe_model, :class:`UpcycleReport`).
+
+    Example:
+        >>> moe_model, report = upcycle(dense, MoEConfig(num_experts=4), x_train[:512])
+    """
+    if router not in ROUTER_INITS:
+        raise ValueError(f"router must be one of {ROUTER_INITS}, got {router!r}.")
+    keras.utils.set_random_seed(seed)
+    moe_model = _moe_architecture(dense_model, moe_config)
+    _copy_shared_weights(dense_model, moe_model)
+    keys = [key for key, _ in _moe_layers(moe_model)]
+    embeddings = (collect_embeddings(dense_model, images, keys, moe_config.routing, batch_size)
+                  if router == "cluster" else {})
+    rng = np.random.default_rng(seed)
+    report = {}
+    for key, moe in _moe_layers(moe_model):
+        block_name, layer_name = key.split("/")
+        index = int(layer_name.rsplit("_", 1)[1])
+        _copy_experts(dense_model.get_layer(block_name).transformer[index].ffn, moe, noise, rng)
+        if router == "cluster":
+            centroids, sizes = cluster_embeddings(embeddings[key], moe.num_experts, linkage,
+                                                  max_samples, seed)
+            kernel, bias, used = router_from_centroids(centroids, embeddings[key], temperature)
+            moe.router_kernel.assign(kernel)
+            moe.router_bias.assign(bias)
+            report[key] = {"cluster_sizes": sizes.tolist(), "temperature": used,
+                           "embeddings": len(embeddings[key])}
+        else:
+            report[key] = {}
+    return moe_model, UpcycleReport(router, report)
+
+
+def _moe_architecture(dense_model, moe_config):
+    """The dense model's architecture with experts in the layers ``moe_config`` names."""
+    config = dense_model.get_config()
+    by_name = {layer["config"]["name"]: layer for layer in config["layers"]}
+    wanted = {}
+    for stage, index in moe_config.layers:
+        wanted.setdefault(f"stage{stage}_mvit", []).append(index)
+    for block_name, indices in wanted.items():
+        if block_name not in by_name:
+            raise ValueError(f"The dense model has no block {block_name!r} for the MoE layers "
+                             f"{moe_config.layers}.")
+        block = by_name[block_name]["config"]
+        if block.get("moe_layers"):
+            raise ValueError(f"{dense_model.name}: block {block_name!r} already has experts; "
+                             "upcycle a dense model.")
+        hidden = moe_config.expert_hidden_dim
+        if hidden not in (None, block["ffn_dim"]):
+            raise ValueError(f"Experts start as copies of the dense feed-forward, so "
+                             f"expert_hidden_dim must be None or {block['ffn_dim']} for "
+                             f"{block_name!r}, got {hidden}.")
+        block["moe_layers"] = list(indices)
+        block["moe"] = moe_config.layer_kwargs()
+    config["name"] = f"{dense_model.name}_moe"
+    return keras.Model.from_config(config)
+
+
+def _copy_shared_weights(dense_model, moe_model):
+    """Copies every weight except the feed-forwards that became mixtures of experts."""
+    for dense_layer in dense_model.layers:
+        target = moe_model.get_layer(dense_layer.name)
+        if not isinstance(dense_layer, MobileViTV2Block):
+            target.set_weights(dense_layer.get_weights())
+            continue
+        for name in ("local_dw", "local_pw", "norm", "conv_proj"):
+            getattr(target, name).set_weights(getattr(dense_layer, name).get_weights())
+        for source, layer in zip(dense_layer.transformer, target.transformer):
+            if layer.is_moe:
+                for name in ("attn_norm", "attn", "ffn_norm"):
+                    getattr(layer, name).set_weights(getattr(source, name).get_weights())
+            else:
+                layer.set_weights(source.get_weights())
+
+
+def _moe_layers(model):
+    """``(key, MoEFeedForward)`` for every mixture-of-experts layer of ``model``."""
+    for layer in model.layers:
+        if isinstance(layer, MobileViTV2Block):
+            for index, transformer in enumerate(layer.transformer):
+                if isinstance(transformer.ffn, MoEFeedForward):
+                    yield f"{layer.name}/transformer_{index}", transformer.ffn
+
+
+def _copy_experts(dense_ffn, moe, noise, rng):
+    """Every expert of ``moe`` becomes ``dense_ffn`` (plus relative Gaussian noise)."""
+    sources = [
+        (moe.expert_kernel_in, dense_ffn.up.kernel.numpy()[0, 0]),  # [d, h]
+        (moe.expert_bias_in, dense_ffn.up.bias.numpy()),
+        (moe.expert_kernel_out, dense_ffn.down.kernel.numpy()[0, 0]),  # [h, d]
+        (moe.expert_bias_out, dense_ffn.down.bias.numpy()),
+    ]
+    for target, value in sources:
+        copies = np.repeat(value[None], moe.num_experts, axis=0)
+        if noise > 0:
+            copies = copies + rng.normal(0, noise * (value.std() + 1e-12), copies.shape)
+        target.assign(copies.astype(np.float32))
