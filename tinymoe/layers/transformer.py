@@ -110,7 +110,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
     """
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
-                 activation="swish", bn_momentum=0.99, dropout=0.0, **kwargs):
+                 activation="swish", bn_momentum=0.9, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)

@@ -80,7 +80,7 @@ class MobileViTV2Config:
     moe: Optional[MoEConfig] = None
     ffn_multiplier: float = 2.0
     expand_ratio: float = 2.0
-    bn_momentum: float = 0.99
+    bn_momentum: float = 0.9
     dropout: float = 0.1
 
     def stages(self):

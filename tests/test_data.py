@@ -1,0 +1,106 @@
+import os
+
+import numpy as np
+import pytest
+
+from tinymoe.augment import AugmentConfig, make_dataset
+from tinymoe.backend import tf
+from tinymoe.data import load_dataset, load_digits, load_image_folder, scan_image_folder
+
+
+def write_image(path, seed, size=20):
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_jpeg(pixels))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three classes (written out of order) of three 20x20 JPEGs each."""
+    root = tmp_path / "images"
+    for c, name in enumerate(["wren", "finch", "robin"]):
+        for i in range(3):
+            write_image(str(root / name / f"{i}.jpg"), seed=10 * c + i)
+    return root
+
+
+def test_class_order_is_sorted_and_images_are_resized(folder):
+    data = load_image_folder(str(folder), 16, progress=False)
+    assert data.class_names == ["finch", "robin", "wren"]
+    assert data.images.shape == (9, 16, 16, 3) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [3, 3, 3]
+    again = load_image_folder(str(folder), 16, progress=False)
+    np.testing.assert_array_equal(again.splits, data.splits)  # the hash split is stable
+
+
+def test_a_truncated_jpeg_is_skipped_and_counted_in_one_warning(folder):
+    good = (folder / "finch" / "0.jpg").read_bytes()
+    (folder / "finch" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "robin" / "text.jpg").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning, match="Skipped 2 unreadable image") as record:
+        data = load_image_folder(str(folder), 16, progress=False)
+    assert len(record) == 1
+    assert len(data.images) == 9
+    assert not any("broken" in p or "text" in p for p in data.paths)
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(folder):
+    (folder / "empty_species").mkdir()
+    with pytest.raises(ValueError, match="empty_species.*has no images"):
+        scan_image_folder(str(folder))
+
+
+def test_split_file_is_respected(folder):
+    split = folder.parent / "splits.csv"
+    split.write_text("path,species,split\n"
+                     "images/finch/0.jpg,finch,train\nimages/finch/1.jpg,finch,val\n"
+                     "images/robin/0.jpg,robin,test\nimages/wren/2.jpg,wren,train\n")
+    data = load_dataset(str(folder.parent), 16, progress=False)
+    assert len(data.images) == 4
+    assert data.splits.tolist() == ["train", "val", "test", "train"]
+    assert data.labels.tolist() == [0, 0, 1, 2]
+    x_val, y_val = data.split("val")
+    assert len(x_val) == 1 and y_val.tolist() == [0]
+
+
+def test_split_file_naming_a_missing_file_is_an_error(folder):
+    split = folder.parent / "splits.csv"
+    split.write_text("path,species,split\nimages/finch/0.jpg,finch,train\n"
+                     "images/finch/gone.jpg,finch,val\n")
+    with pytest.raises(ValueError, match="names 1 missing file.*images/finch/gone.jpg"):
+        scan_image_folder(str(folder), str(split))
+
+
+def test_missing_folder_and_unknown_split_are_errors(tmp_path, folder):
+    with pytest.raises(ValueError, match="does not exist"):
+        scan_image_folder(str(tmp_path / "nowhere"))
+    split = folder.parent / "splits.csv"
+    split.write_text("path,species,split\nimages/finch/0.jpg,finch,holdout\n")
+    with pytest.raises(ValueError, match="split 'holdout' is not one of"):
+        scan_image_folder(str(folder), str(split))
+
+
+def test_digits_default_needs_no_download():
+    data = load_digits(32)
+    assert data.images.shape == (1797, 32, 32, 3)
+    assert data.num_classes == 10
+    counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
+    assert counts == {"train": 1257, "val": 269, "test": 271}
+    assert data.images.max() == 255 and data.images.min() == 0
+
+
+def test_dataset_batches_one_hot_labels_and_augments_within_range():
+    data = load_digits(32)
+    x, y = data.split("train")
+    plain = make_dataset(x[:40], y[:40], 10, batch_size=16)
+    images, labels = next(iter(plain))
+    assert images.shape == (16, 32, 32, 3) and images.dtype == tf.float32
+    np.testing.assert_array_equal(np.argmax(labels, 1), y[:16])
+    config = AugmentConfig(crop=True, flip=True, rand_augment=True, mixup_alpha=0.2)
+    augmented = make_dataset(x[:40], y[:40], 10, batch_size=16, training=True, augment=config)
+    images, labels = next(iter(augmented))
+    assert images.shape == (16, 32, 32, 3)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+    np.testing.assert_allclose(np.sum(labels, 1), 1.0, rtol=1e-5)  # MixUp keeps a distribution
+    with pytest.raises(ValueError, match="40 images but 39 labels"):
+        make_dataset(x[:40], y[:39], 10)

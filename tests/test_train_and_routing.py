@@ -1,0 +1,125 @@
+import os
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_images
+from tinymoe.augment import make_dataset
+from tinymoe.backend import keras
+from tinymoe.layers import MoEFeedForward
+from tinymoe.models import MoEConfig, create_model
+from tinymoe.routing import (
+    cluster_embeddings, collect_embeddings, router_from_centroids, upcycle)
+from tinymoe.train import TrainConfig, fit, learning_rate_schedule
+
+
+def test_schedule_warms_up_then_decays_by_cosine():
+    config = TrainConfig(epochs=10, learning_rate=1e-3, warmup_epochs=2,
+                         min_learning_rate_ratio=0.01)
+    schedule = learning_rate_schedule(config, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(20)) == pytest.approx(1e-3, rel=1e-3)
+    assert float(schedule(60)) < float(schedule(40)) < 1e-3
+    assert float(schedule(100)) == pytest.approx(1e-5, rel=1e-2)
+
+
+def test_loss_falls_on_a_small_learnable_task(tmp_path):
+    images, labels = synthetic_images(64, 32, 4)
+    train = make_dataset(images, labels, 4, batch_size=16, training=True)
+    model = create_model("mobilevit_v2_050", num_classes=4, input_shape=(32, 32, 3))
+    config = TrainConfig(epochs=4, learning_rate=2e-3, warmup_epochs=0.5, label_smoothing=0.0)
+    history = fit(model, train, train, config, out_dir=str(tmp_path), verbose=0,
+                  run_eagerly=True)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert os.path.isfile(tmp_path / "best.keras")
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch") and len(log) == 5
+
+
+def separated_groups(num_groups, per_group, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4.0, (num_groups, dim))
+    groups = np.repeat(np.arange(num_groups), per_group)
+    return (centres[groups] + rng.normal(0, 0.5, (len(groups), dim))).astype(np.float32), groups
+
+
+def test_clustered_router_sends_each_group_to_its_own_expert():
+    experts, dim = 4, 16
+    embeddings, groups = separated_groups(experts, 150, dim)
+    centroids, sizes = cluster_embeddings(embeddings, experts, "ward", max_samples=400)
+    assert sorted(sizes) == [100, 100, 100, 100] or sizes.sum() == 400
+    kernel, bias, temperature = router_from_centroids(centroids, embeddings)
+    assert temperature > 0
+    layer = MoEFeedForward(num_experts=experts, hidden_dim=8, routing="patch")
+    tokens = np.repeat(embeddings[None, None], 4, axis=1)  # [1, P=4, N, d]: patch mean = row
+    layer(tokens)
+    layer.router_kernel.assign(kernel)
+    layer.router_bias.assign(bias)
+    chosen = layer.route(tokens)["experts"].numpy()[0, 0, :, 0]  # before any fine-tuning
+    owners = []
+    for g in range(experts):
+        counts = np.bincount(chosen[groups == g], minlength=experts)
+        assert counts.max() / counts.sum() >= 0.95, counts
+        owners.append(int(counts.argmax()))
+    assert sorted(owners) == list(range(experts))  # one expert per group
+
+
+@pytest.fixture(scope="module")
+def dense():
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic_images(32, 64, 3, seed=2)
+    model = create_model("mobilevit_v2_050", num_classes=3, input_shape=(64, 64, 3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    return model, images
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_upcycled_model_equals_dense_at_step_zero_with_renormalised_gates(dense, top_k):
+    model, images = dense
+    config = MoEConfig(num_experts=4, top_k=top_k, layers=((4, -1), (5, 0)),
+                       normalize_gates=True)
+    moe, report = upcycle(model, config, images[:16])
+    assert set(report.layers) == {"stage4_mvit/transformer_3", "stage5_mvit/transformer_0"}
+    np.testing.assert_allclose(moe(images, training=False).numpy(),
+                               model(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_without_renormalisation_the_moe_output_is_the_gate_times_the_dense_ffn(dense):
+    model, images = dense
+    moe, _ = upcycle(model, MoEConfig(num_experts=4, layers=((5, -1),)), images[:16])
+    key = "stage5_mvit/transformer_2"
+    tokens = collect_embeddings(model, images[:4], [key], routing="token")[key]
+    tokens = tokens.reshape(4, 4, -1, tokens.shape[-1])  # [B, P, N, d] again
+    moe_ffn = moe.get_layer("stage5_mvit").transformer[2].ffn
+    dense_ffn = model.get_layer("stage5_mvit").transformer[2].ffn
+    gates = moe_ffn.route(tokens)["gates"].numpy().sum(-1, keepdims=True)  # [B, 1, N, 1]
+    assert (gates < 0.999).any()  # the gate really scales
+    np.testing.assert_allclose(moe_ffn(tokens).numpy(), gates * dense_ffn(tokens).numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_random_router_baseline_keeps_expert_copies_but_not_the_clustered_router(dense):
+    model, images = dense
+    config = MoEConfig(num_experts=4, layers=((5, -1),))
+    clustered, _ = upcycle(model, config, images[:16], router="cluster")
+    random, report = upcycle(model, config, images[:16], router="random")
+    a = clustered.get_layer("stage5_mvit").transformer[2].ffn
+    b = random.get_layer("stage5_mvit").transformer[2].ffn
+    np.testing.assert_array_equal(a.expert_kernel_in.numpy(), b.expert_kernel_in.numpy())
+    assert not np.allclose(a.router_kernel.numpy(), b.router_kernel.numpy())
+    assert report.router == "random"
+
+
+def test_upcycle_refuses_what_it_cannot_do(dense):
+    model, images = dense
+    with pytest.raises(ValueError, match="expert_hidden_dim must be None or 256"):
+        upcycle(model, MoEConfig(layers=((5, -1),), expert_hidden_dim=64), images[:8])
+    with pytest.raises(ValueError, match="router must be one of"):
+        upcycle(model, MoEConfig(), images[:8], router="kmeans")
+    moe, _ = upcycle(model, MoEConfig(layers=((5, -1),)), images[:8])
+    with pytest.raises(ValueError, match="already has experts"):
+        upcycle(moe, MoEConfig(layers=((5, -1),)), images[:8])
