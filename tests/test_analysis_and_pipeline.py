@@ -1,0 +1,103 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_images
+from tinymoe.analysis import (
+    affinity_matrix, analyze, expert_load, paper_affinity, plot_affinity)
+from tinymoe.cli import main
+from tinymoe.data import ImageData
+from tinymoe.files import atomic_path
+from tinymoe.models import create_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_affinity_rows_sum_to_one_and_count_patches():
+    experts = np.array([[0, 0, 1, 2], [2, 2, 2, 2], [1, 1, 0, 0]])
+    labels = np.array([0, 1, 0])
+    matrix = affinity_matrix(experts, labels, num_classes=3, num_experts=3)
+    np.testing.assert_allclose(matrix[0], [4 / 8, 3 / 8, 1 / 8])
+    np.testing.assert_allclose(matrix[1], [0, 0, 1])
+    np.testing.assert_array_equal(matrix[2], [0, 0, 0])  # a class without images
+    np.testing.assert_allclose(matrix[:2].sum(axis=1), 1.0)
+    np.testing.assert_allclose(expert_load(experts, 3), [4 / 12, 3 / 12, 5 / 12])
+
+
+def test_paper_affinity_sharpens_and_zeroes_small_scores():
+    probs = np.array([[[0.5, 0.3, 0.2], [0.4, 0.35, 0.25]],   # class 0: expert 0 twice
+                      [[0.1, 0.6, 0.3], [0.1, 0.2, 0.7]]])    # class 1: experts 1 and 2
+    matrix = paper_affinity(probs, np.array([0, 1]), num_classes=2)
+    np.testing.assert_allclose(matrix, [[1, 0, 0], [0, 0.5, 0.5]], atol=1e-6)
+    soft = paper_affinity(probs, np.array([0, 1]), 2, temperature=1.0, threshold=0.3)
+    assert soft[0, 0] == pytest.approx(0.45) and soft[0, 2] == 0.0
+
+
+@pytest.fixture(scope="module")
+def moe_model():
+    return create_model("mobilevit_v2_moe_050", num_classes=3, input_shape=(64, 64, 3))
+
+
+def test_analyze_gives_matrices_load_and_patch_layout(moe_model, tmp_path):
+    images, labels = synthetic_images(6, 64, 3)
+    results = analyze(moe_model, images, labels, num_classes=3)
+    stage4 = results["stage4_mvit/transformer_3"]  # 64x64: stage 4 map 4x4 -> 2x2 patches
+    assert stage4["affinity"].shape == (3, 4)
+    np.testing.assert_allclose(stage4["affinity"].sum(axis=1), 1.0)
+    assert stage4["experts"].shape == (6, 2, 2) and stage4["patch_pixels"] == 32
+    assert stage4["load"].sum() == pytest.approx(1.0)
+    path = plot_affinity(stage4["affinity"], ["a", "b", "c"], str(tmp_path / "aff.png"))
+    assert open(path, "rb").read(8) == PNG_SIGNATURE
+
+
+def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
+    target = tmp_path / "figure.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(target)) as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["figure.png"]
+    with pytest.raises(ValueError, match="is a folder"):
+        with atomic_path(str(tmp_path)):
+            pass
+
+
+def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch):
+    """The CLI path on a small untrained dense model and a tiny image folder."""
+    images, labels = synthetic_images(12, 64, 3)
+    data = ImageData(images.astype(np.uint8), labels, np.array(["train"] * 8 + ["val"] * 4),
+                     ["a", "b", "c"], np.array([""] * 12))
+    monkeypatch.setattr("tinymoe.data.load_dataset", lambda source, size: data)
+    dense = create_model("mobilevit_v2_050", num_classes=3, input_shape=(64, 64, 3))
+    dense.save(tmp_path / "dense.keras")
+    out = tmp_path / "moe.keras"
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
+                 "--experts", "2", "--layers", "5:-1", "--images", "8"]) == 0
+    report = json.loads((tmp_path / "moe_upcycle.json").read_text())
+    assert report["router"] == "cluster"
+    assert sum(report["layers"]["stage5_mvit/transformer_2"]["cluster_sizes"]) == 8
+    assert main(["analyze", str(out), "--out", str(tmp_path / "analysis")]) == 0
+    written = sorted(os.listdir(tmp_path / "analysis"))
+    assert written == ["analysis.json", "stage5_mvit_transformer_2.npz",
+                       "stage5_mvit_transformer_2_affinity.png",
+                       "stage5_mvit_transformer_2_paper_affinity.png",
+                       "stage5_mvit_transformer_2_patches.png"]
+    assert main(["upcycle", str(tmp_path / "missing.keras"), "--out", str(out)]) == 2
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
+                 "--layers", "five"]) == 2
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    """`make demo` runs `tinymoe demo`: dense -> upcycle -> fine-tune -> figures (minutes)."""
+    assert main(["demo", "--out", str(tmp_path), "--dense-epochs", "3", "--moe-epochs", "1"]) == 0
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["dense"]["val_accuracy"] > 0.5
+    assert summary["moe"]["params"] > summary["dense"]["params"]
+    for layer in summary["analysis"].values():
+        for path in layer["files"]:
+            assert os.path.getsize(path) > 0
