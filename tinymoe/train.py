@@ -1,7 +1,6 @@
 """The training recipe on Keras fit: AdamW, cosine decay with warm-up, label smoothing."""
 
 import dataclasses
-import math
 import os
 
 from tinymoe.backend import keras
@@ -104,6 +103,3 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     return model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                      callbacks=callbacks, verbose=verbose)
 
-
-def steps_per_epoch(num_images, batch_size):
-    return math.ceil(num_images / batch_size)
