@@ -119,10 +119,10 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
         files = [
             plot_affinity(result["affinity"], data.class_names,
                           os.path.join(out_dir, f"{stem}_affinity.png"),
-                          f"{key}\\nshare of each class's patches per expert"),
+                          f"{key}\nshare of each class's patches per expert"),
             plot_affinity(result["paper_affinity"], data.class_names,
                           os.path.join(out_dir, f"{stem}_paper_affinity.png"),
-                          f"{key}\\naffinity (softmax T=0.001, < 0.05 set to 0)"),
+                          f"{key}\naffinity (softmax T=0.001, < 0.05 set to 0)"),
             plot_patch_groups(images[:num_pictures], result["experts"][:num_pictures],
                               result["patch_pixels"],
                               os.path.join(out_dir, f"{stem}_patches.png"), num_experts,
