@@ -8,7 +8,7 @@ import numpy as np
 from tinymoe.augment import AugmentConfig, make_dataset
 from tinymoe.backend import keras
 from tinymoe.data import load_dataset
-from tinymoe.files import write_json
+from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models
 from tinymoe.profile import profile
 from tinymoe.train import TrainConfig, fit
@@ -57,7 +57,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1):
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
     summary = {
-        **{k: v for k, v in profile(best).items()},
+        **profile(best),
         "model": model.name,
         "epochs": config.epochs,
         "train_images": int(len(x_train)),
@@ -86,7 +86,6 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
     x_train, _ = data.split("train")
     moe, report = upcycle(dense, moe_config, x_train[:num_images], router=router,
                           **upcycle_kwargs)
-    from tinymoe.files import atomic_path
     with atomic_path(out_path) as tmp:
         moe.save(tmp)
     summary = {"router": report.router, "layers": report.layers, "dense": dense_path,
@@ -102,7 +101,6 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
         dict from layer key to ``{"load": [...], "files": [...]}``.
     """
     from tinymoe.analysis import analyze, plot_affinity, plot_patch_groups
-    from tinymoe.files import atomic_path
 
     if isinstance(model, str):
         model = load_model(model)
