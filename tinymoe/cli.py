@@ -76,6 +76,72 @@ def _analyze(args):
     return 0
 
 
+def _optimize(args):
+    from tinymoe.data import load_dataset
+    from tinymoe.pipeline import optimize_run
+
+    data = load_dataset(args.data, args.input_size)
+    _, summary = optimize_run(args.model, data, args.out, sparsity=args.sparsity,
+                              prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
+                              batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              augment=_augment(args.augment), prune_router=args.prune_router)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _read_tflite(path):
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {path!r} does not exist.")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[4:8] != b"TFL3":
+        raise ValueError(f"{path!r} is not a .tflite flatbuffer.")
+    return data
+
+
+def _report(args):
+    from tinymoe.export import format_report, report
+
+    result = report(_read_tflite(args.model), arena_limit=args.arena_limit)
+    if args.flash_limit and result["flash_bytes"] > args.flash_limit:
+        raise ValueError(f"The model takes {result['flash_bytes']:,} bytes of flash, more than "
+                         f"the limit of {args.flash_limit:,} bytes.")
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def _export(args):
+    from tinymoe.export import report, write_firmware
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"Output path {args.out!r} is a file, not a folder.")
+    labels = None
+    if args.model.endswith(".keras"):
+        from tinymoe.data import load_dataset
+        from tinymoe.export import to_tflite
+        from tinymoe.pipeline import load_model
+
+        model = load_model(args.model)
+        data = load_dataset(args.data, int(model.input_shape[1]))
+        tflite_bytes = to_tflite(model, data.split("train")[0][:200])
+        labels = data.class_names
+    else:
+        tflite_bytes = _read_tflite(args.model)
+    labels_path = args.labels or os.path.join(os.path.dirname(args.model), "labels.txt")
+    if args.labels or (labels is None and os.path.isfile(labels_path)):
+        if not os.path.isfile(labels_path):
+            raise ValueError(f"Labels file {labels_path!r} does not exist.")
+        with open(labels_path) as handle:
+            labels = [line.strip() for line in handle if line.strip()]
+    measured = report(tflite_bytes, arena_limit=args.arena_limit)
+    paths = write_firmware(tflite_bytes, args.out, name=args.name, labels=labels,
+                           arena_bytes=measured["arena_bytes"], arena_margin=args.arena_margin)
+    print(f"Wrote {len(paths)} files to {args.out}: flash {measured['flash_bytes']:,} bytes, "
+          f"arena {measured['arena_bytes']:,} bytes measured (+{args.arena_margin:.0%} in "
+          f"model_settings.h), {measured['macs']:,} MACs.")
+    return 0
+
+
 def _demo(args):
     from tinymoe.pipeline import demo
 
@@ -176,6 +242,63 @@ def build_parser():
     analyze.add_argument("--split", choices=("train", "val", "test"), default="val")
     analyze.add_argument("--images", type=int, default=512, help="images analysed at most")
     analyze.set_defaults(run=_analyze)
+
+    optimize = commands.add_parser(
+        "optimize", help="prune, quantisation-aware training and int8 conversion (TFLM-checked)",
+        description="Prunes a trained .keras model by magnitude (tfmot) if --sparsity > 0, "
+                    "fine-tunes it with quantisation-aware training (prune-preserving after "
+                    "pruning) if --qat-epochs > 0, converts it to full int8, checks it in "
+                    "the TFLite Micro interpreter, and compares float and int8 top-1 on the "
+                    "validation split. Writes OUT/model.tflite, OUT/labels.txt, "
+                    "OUT/optimized.keras (OUT/pruned.keras) and OUT/summary.json.")
+    optimize.add_argument("model", help="the trained .keras model")
+    _add_data_args(optimize)
+    optimize.add_argument("--out", required=True, metavar="DIR")
+    optimize.add_argument("--sparsity", type=float, default=0.0,
+                          help="share of kernel weights pruned to zero (default: 0, no pruning)")
+    optimize.add_argument("--prune-epochs", type=int, default=2)
+    optimize.add_argument("--prune-router", action="store_true",
+                          help="prune the MoE routers too (default: left dense)")
+    optimize.add_argument("--qat-epochs", type=int, default=2,
+                          help="quantisation-aware training epochs (0: post-training only)")
+    optimize.add_argument("--batch-size", type=int, default=32)
+    optimize.add_argument("--learning-rate", type=float, default=2e-4)
+    optimize.add_argument("--augment", choices=("none", "default", "digits", "strong"),
+                          default="none")
+    optimize.set_defaults(run=_optimize)
+
+    report = commands.add_parser(
+        "report", help="flash, smallest tensor arena, MACs and ops of a .tflite model",
+        description="Measures a .tflite model in the TFLite Micro interpreter: flash bytes, "
+                    "the smallest tensor arena that allocates and invokes (bisection), MACs "
+                    "per inference and per op type, and the op list. The arena is measured "
+                    "on this 64-bit host: an upper bound for a 32-bit MCU.")
+    report.add_argument("model", help="a .tflite model")
+    report.add_argument("--json", action="store_true", help="print JSON (every op listed)")
+    report.add_argument("--arena-limit", type=int, metavar="BYTES",
+                        help="fail (exit 2) if the arena needed is larger")
+    report.add_argument("--flash-limit", type=int, metavar="BYTES",
+                        help="fail (exit 2) if the model is larger")
+    report.set_defaults(run=_report)
+
+    export = commands.add_parser(
+        "export", help="firmware files for TensorFlow Lite Micro (C arrays, op resolver, ...)",
+        description="Writes model_data.h/.cc, op_resolver.h, model_settings.h and "
+                    "labels.h/.cc into OUT for the app in firmware_export/. MODEL is a "
+                    ".tflite (labels from --labels or labels.txt beside it) or a .keras "
+                    "model (converted to int8 here, calibrated and labelled with --data).")
+    export.add_argument("model", help="a .tflite or .keras model")
+    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--name", default="model",
+                        help="C name: g_<name>_model_data (default: model)")
+    export.add_argument("--labels", metavar="FILE", help="class names, one per line")
+    export.add_argument("--data", default="digits", metavar="DIR",
+                        help="for a .keras model: calibration images and class names")
+    export.add_argument("--arena-margin", type=float, default=0.1,
+                        help="share added to the measured arena (default: 0.1)")
+    export.add_argument("--arena-limit", type=int, metavar="BYTES",
+                        help="fail, writing nothing, if the arena needed is larger")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser(
         "demo", help="the whole method on the built-in digits, in a few minutes",

@@ -28,6 +28,14 @@ def evaluate(model, images, labels, num_classes, batch_size=64):
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+def evaluate_tflite(tflite_bytes, images, labels):
+    """Top-1 accuracy of a full-int8 ``.tflite`` model run in the TFLite Micro interpreter."""
+    from tinymoe.export import tflm_invoke
+
+    logits = tflm_invoke(tflite_bytes, np.asarray(images, np.float32))
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
 def train_run(model, data, out_dir, config, augment=None, verbose=1):
     """Trains ``model`` (a registry name or a loaded model) on ``data`` and writes its files.
 
@@ -161,3 +169,73 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verb
     summary = {"dense": dense_summary, "moe": moe_summary, "analysis": analysis}
     write_json(os.path.join(out_dir, "demo_summary.json"), summary)
     return summary
+
+
+def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
+                 batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
+                 calibration_images=200, verbose=1):
+    """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
+
+    The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
+    0) -> QAT for ``qat_epochs`` (prune-preserving after pruning; 0 gives post-training
+    quantisation) -> full-int8 ``.tflite`` verified in TFLite Micro -> top-1 of the float
+    model, the optimised Keras model and the int8 model in TFLite Micro on the validation
+    split -> flash, arena and MACs (:func:`tinymoe.export.report`).
+
+    Writes into ``out_dir``: ``pruned.keras`` (if pruned), ``optimized.keras`` (the float
+    model with the weights the int8 model holds), ``model.tflite``, ``labels.txt``,
+    ``summary.json``.
+
+    Returns:
+        (tflite bytes, summary dict).
+    """
+    from tinymoe.export import report, to_tflite
+    from tinymoe.optimize import (prune, pruning_callbacks, quantize_aware, sparsity_report,
+                                  strip_pruning, strip_quantization)
+
+    if isinstance(model, str):
+        model = load_model(model)
+    os.makedirs(out_dir, exist_ok=True)
+    x_train, y_train = data.split("train")
+    x_val, y_val = data.split("val")
+    if not len(x_val):
+        x_val, y_val = x_train, y_train  # a folder without a split file or val images
+    train = make_dataset(x_train, y_train, data.num_classes, batch_size, training=True,
+                         augment=augment)
+    steps = int(train.cardinality().numpy())
+    summary = {"float_top1": evaluate(model, x_val, y_val, data.num_classes),
+               "sparsity_target": float(sparsity), "prune_epochs": 0, "qat_epochs": 0}
+    start = time.time()
+    if sparsity > 0 and prune_epochs > 0:
+        pruned = prune(model, sparsity, end_step=max(1, int(0.7 * prune_epochs * steps)),
+                       frequency=max(1, steps // 4), prune_router=prune_router)
+        config = TrainConfig(epochs=prune_epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, warmup_epochs=0)
+        fit(pruned, train, None, config, verbose=verbose, callbacks=pruning_callbacks())
+        model = strip_pruning(pruned)
+        with atomic_path(os.path.join(out_dir, "pruned.keras")) as tmp:
+            model.save(tmp)
+        summary.update(prune_epochs=prune_epochs, sparsity=sparsity_report(model)["sparsity"],
+                       pruned_top1=evaluate(model, x_val, y_val, data.num_classes))
+    if qat_epochs > 0:
+        qat = quantize_aware(model, preserve_sparsity=sparsity > 0)
+        config = TrainConfig(epochs=qat_epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, warmup_epochs=0)
+        fit(qat, train, None, config, verbose=verbose)
+        model = strip_quantization(qat)
+        summary["qat_epochs"] = qat_epochs
+    with atomic_path(os.path.join(out_dir, "optimized.keras")) as tmp:
+        model.save(tmp)
+    summary["optimized_top1"] = evaluate(model, x_val, y_val, data.num_classes)
+    summary["optimize_seconds"] = round(time.time() - start, 1)
+    tflite_bytes = to_tflite(model, x_train[:calibration_images])
+    with atomic_path(os.path.join(out_dir, "model.tflite")) as tmp, open(tmp, "wb") as handle:
+        handle.write(tflite_bytes)
+    with atomic_path(os.path.join(out_dir, "labels.txt")) as tmp, open(tmp, "w") as handle:
+        handle.write("".join(f"{name}\n" for name in data.class_names))
+    summary["int8_tflm_top1"] = evaluate_tflite(tflite_bytes, x_val, y_val)
+    measured = report(tflite_bytes)
+    summary.update({key: measured[key] for key in
+                    ("flash_bytes", "weight_bytes", "arena_bytes", "macs", "op_counts")})
+    write_json(os.path.join(out_dir, "summary.json"), summary)
+    return tflite_bytes, summary

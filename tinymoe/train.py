@@ -77,7 +77,8 @@ def training_callbacks(out_dir, monitor="val_accuracy"):
     ]
 
 
-def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerly=False):
+def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerly=False,
+        callbacks=()):
     """Compiles ``model`` with the recipe and trains it with Keras fit.
 
     Args:
@@ -88,6 +89,7 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
         out_dir: folder for the best checkpoint and the CSV log; None saves nothing.
         verbose: Keras progress bars (1), one line per epoch (2) or silence (0).
         run_eagerly: skip graph tracing (faster for one or two tiny steps, slower after).
+        callbacks: more Keras callbacks (e.g. :func:`tinymoe.optimize.pruning_callbacks`).
 
     Returns:
         the Keras ``History``.
@@ -96,10 +98,10 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     if steps <= 0:
         raise ValueError("The training dataset is empty or of unknown length.")
     compile_for_training(model, config, int(steps), run_eagerly)
-    callbacks = []
+    callbacks = list(callbacks)
     if out_dir is not None:
         monitor = "val_accuracy" if val_data is not None else "accuracy"
-        callbacks = training_callbacks(out_dir, monitor)
+        callbacks += training_callbacks(out_dir, monitor)
     return model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                      callbacks=callbacks, verbose=verbose)
 

@@ -1,8 +1,15 @@
-"""From a trained Keras model to int8 TFLite that runs in TensorFlow Lite Micro."""
+"""From a trained Keras model to int8 TFLite that runs in TensorFlow Lite Micro, and the
+firmware files that carry it."""
 
-from tinymoe.export.check import TflmCheck, check_tflm
+from tinymoe.export.check import TflmCheck, TflmUnsupportedError, check_tflm
 from tinymoe.export.convert import to_tflite
+from tinymoe.export.firmware import firmware_sources, write_firmware
+from tinymoe.export.report import ArenaError, format_report, op_table, report, smallest_arena
 from tinymoe.export.runtime import (
     dequantize, litert_invoke, op_names, quantize, tflm_invoke)
 
-__all__ = ["TflmCheck", "check_tflm", "dequantize", "litert_invoke", "op_names", "quantize", "tflm_invoke", "to_tflite"]
+__all__ = [
+    "ArenaError", "TflmCheck", "TflmUnsupportedError", "check_tflm", "dequantize",
+    "firmware_sources", "format_report", "litert_invoke", "op_names", "op_table", "quantize",
+    "report", "smallest_arena", "tflm_invoke", "to_tflite", "write_firmware",
+]

@@ -12,6 +12,14 @@ _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_child.py
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
 
 
+class TflmUnsupportedError(ValueError):
+    """A model that TFLite Micro cannot run; ``missing_ops`` names the ops it lacks."""
+
+    def __init__(self, message, missing_ops=()):
+        super().__init__(message)
+        self.missing_ops = tuple(missing_ops)
+
+
 @dataclasses.dataclass(frozen=True)
 class TflmCheck:
     """The outcome of :func:`check_tflm`.
@@ -51,7 +59,7 @@ def check_tflm(tflite_bytes, arena_size=None, timeout=300):
             handle.write(bytes(tflite_bytes))
         try:
             result = subprocess.run(
-                [sys.executable, _CHILD, path, str(int(arena_size or 0))],
+                [sys.executable, _CHILD, "check", path, str(int(arena_size or 0))],
                 capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return TflmCheck(False, (), f"TFLite Micro did not finish within {timeout} s.")

@@ -5,28 +5,40 @@ import warnings
 import numpy as np
 
 from tinymoe.backend import tf
+from tinymoe.export.check import TflmUnsupportedError, check_tflm
 
 
-def to_tflite(model, representative_data, num_samples=100):
+def to_tflite(model, representative_data, num_samples=100, verify=True):
     """Converts a Keras model to a full-int8 TFLite flatbuffer for TFLite Micro.
 
     int8 input and output, batch 1, ``TFLITE_BUILTINS_INT8`` only. The graph is traced from
     a fixed batch-1 signature, so no SHAPE or REDUCE_PROD ops (which TFLite Micro lacks)
-    are left in it.
+    are left in it. A QAT model (from :func:`tinymoe.optimize.quantize_aware`) is converted
+    with the weights it trained with (see :func:`tinymoe.optimize.strip_quantization`).
 
     Args:
-        model: a Keras model with one image input.
+        model: a Keras model with one image input, float or quantisation-aware.
         representative_data: images ``[N, H, W, C]`` (array-like) or a ``tf.data.Dataset`` of
             images or ``(images, labels)`` batches, used to calibrate the int8 ranges.
         num_samples: int, how many images to calibrate on.
+        verify: load and invoke the result in the TFLite Micro interpreter (in a child
+            process) and raise :class:`TflmUnsupportedError` if it cannot run there.
 
     Returns:
         bytes: the ``.tflite`` model.
+
+    Raises:
+        TflmUnsupportedError: the model needs ops TFLite Micro lacks (listed by name), or the
+            interpreter failed on it.
 
     Example:
         >>> tflite_bytes = to_tflite(model, x_train[:100])
         >>> open("model.tflite", "wb").write(tflite_bytes)
     """
+    from tinymoe.optimize.quantize import is_quantize_aware, strip_quantization
+
+    if is_quantize_aware(model):
+        model = strip_quantization(model)
     shape = [1] + [int(d) for d in model.input_shape[1:]]
     samples = _calibration_images(representative_data, shape[1:], num_samples)
     function = tf.function(lambda x: model(x, training=False))
@@ -42,7 +54,14 @@ def to_tflite(model, representative_data, num_samples=100):
     with warnings.catch_warnings():
         # Printed for every int8-input model; the input statistics come from calibration.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
+        tflite_bytes = converter.convert()
+    if verify:
+        check = check_tflm(tflite_bytes)
+        if not check.ok:
+            raise TflmUnsupportedError(
+                f"The converted model does not run in TFLite Micro: {check.message}",
+                check.missing_ops)
+    return tflite_bytes
 
 
 def _calibration_images(data, image_shape, num_samples):
