@@ -84,7 +84,8 @@ def _optimize(args):
     _, summary = optimize_run(args.model, data, args.out, sparsity=args.sparsity,
                               prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              augment=_augment(args.augment), prune_router=args.prune_router)
+                              augment=_augment(args.augment), prune_router=args.prune_router,
+                              dispatch=args.dispatch, capacity_factor=args.capacity_factor)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -113,6 +114,8 @@ def _report(args):
 def _export(args):
     from tinymoe.export import report, write_firmware
 
+    args.dispatch_given = args.dispatch is not None
+    args.dispatch = args.dispatch or "sparse"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"Output path {args.out!r} is a file, not a folder.")
     labels = None
@@ -121,12 +124,19 @@ def _export(args):
         from tinymoe.export import to_tflite
         from tinymoe.pipeline import load_model
 
+        from tinymoe.models import has_experts, with_dispatch
+
         model = load_model(args.model)
+        if has_experts(model):
+            model = with_dispatch(model, args.dispatch, args.capacity_factor)
         data = load_dataset(args.data, int(model.input_shape[1]))
         tflite_bytes = to_tflite(model, data.split("train")[0][:200])
         labels = data.class_names
     else:
         tflite_bytes = _read_tflite(args.model)
+        if args.dispatch_given:
+            raise ValueError("--dispatch applies when converting a .keras model; a .tflite "
+                             "model keeps the dispatch it was converted with.")
     labels_path = args.labels or os.path.join(os.path.dirname(args.model), "labels.txt")
     if args.labels or (labels is None and os.path.isfile(labels_path)):
         if not os.path.isfile(labels_path):
@@ -265,6 +275,9 @@ def build_parser():
     optimize.add_argument("--learning-rate", type=float, default=2e-4)
     optimize.add_argument("--augment", choices=("none", "default", "digits", "strong"),
                           default="none")
+    optimize.add_argument("--dispatch", choices=("sparse", "masked"), default="sparse",
+                          help="MoE inference form in model.tflite (default: sparse)")
+    optimize.add_argument("--capacity-factor", type=float, default=1.25)
     optimize.set_defaults(run=_optimize)
 
     report = commands.add_parser(
@@ -294,6 +307,12 @@ def build_parser():
     export.add_argument("--labels", metavar="FILE", help="class names, one per line")
     export.add_argument("--data", default="digits", metavar="DIR",
                         help="for a .keras model: calibration images and class names")
+    export.add_argument("--dispatch", choices=("sparse", "masked"), default=None,
+                        help="for a .keras MoE model: sparse (fixed-capacity top-1 dispatch, "
+                             "about one feed-forward per MoE layer; the default) or masked "
+                             "(every expert runs)")
+    export.add_argument("--capacity-factor", type=float, default=1.25,
+                        help="sparse dispatch: slots per expert x patches / E (default 1.25)")
     export.add_argument("--arena-margin", type=float, default=0.1,
                         help="share added to the measured arena (default: 0.1)")
     export.add_argument("--arena-limit", type=int, metavar="BYTES",

@@ -173,14 +173,15 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verb
 
 def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
                  batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
-                 calibration_images=200, verbose=1):
+                 calibration_images=200, dispatch="sparse", capacity_factor=1.25, verbose=1):
     """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
 
     The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
     0) -> QAT for ``qat_epochs`` (prune-preserving after pruning; 0 gives post-training
     quantisation) -> full-int8 ``.tflite`` verified in TFLite Micro -> top-1 of the float
     model, the optimised Keras model and the int8 model in TFLite Micro on the validation
-    split -> flash, arena and MACs (:func:`tinymoe.export.report`).
+    split -> flash, arena and MACs (:func:`tinymoe.export.report`). A mixture of experts
+    is converted with ``dispatch`` ("sparse": fixed-capacity top-1; "masked": every expert).
 
     Writes into ``out_dir``: ``pruned.keras`` (if pruned), ``optimized.keras`` (the float
     model with the weights the int8 model holds), ``model.tflite``, ``labels.txt``,
@@ -190,6 +191,7 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         (tflite bytes, summary dict).
     """
     from tinymoe.export import report, to_tflite
+    from tinymoe.models import has_experts, with_dispatch
     from tinymoe.optimize import (prune, pruning_callbacks, quantize_aware, sparsity_report,
                                   strip_pruning, strip_quantization)
 
@@ -228,6 +230,9 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         model.save(tmp)
     summary["optimized_top1"] = evaluate(model, x_val, y_val, data.num_classes)
     summary["optimize_seconds"] = round(time.time() - start, 1)
+    if has_experts(model):
+        model = with_dispatch(model, dispatch, capacity_factor)
+        summary["dispatch"] = dispatch
     tflite_bytes = to_tflite(model, x_train[:calibration_images])
     with atomic_path(os.path.join(out_dir, "model.tflite")) as tmp, open(tmp, "wb") as handle:
         handle.write(tflite_bytes)

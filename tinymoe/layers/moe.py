@@ -5,10 +5,17 @@ experts for each patch (the mean of its P pixel tokens) or, optionally, for each
 top-k experts by router probability are kept and their outputs are summed, each scaled by its
 gate (the router probability, optionally renormalised over the chosen experts).
 
-This is the training and "masked" inference form: every expert runs on every token and the
-gates zero out the experts a token was not routed to. It is exact, costs E feed-forwards,
-and converts to ops that TFLite Micro runs: the top-k choice is made with REDUCE_MAX,
-GREATER_EQUAL and CUMSUM (no TOPK_V2, ONE_HOT or ARG_MAX on the inference path).
+Two inference forms, both converting to ops TFLite Micro runs:
+
+- "masked" (also the training form): every expert runs on every token and the gates zero out
+  the experts a token was not routed to. Exact, costs E feed-forwards. The top-k choice is
+  made with REDUCE_MAX, GREATER_EQUAL and CUMSUM (no TOPK_V2 or ONE_HOT).
+- "sparse" (top-1): each expert gets ``capacity = ceil(capacity_factor * patches / E)``
+  slots; patches are gathered into their expert's slots, each expert runs on its slots
+  only, and the results are gathered back and scaled by the gate: about
+  ``capacity_factor`` feed-forwards. A patch beyond its expert's capacity skips the
+  feed-forward (its residual passes through), as in V-MoE. The slot arithmetic is exact
+  int32 (see :func:`dispatch_slots`), because the int8 quantisation of counts drifts.
 """
 
 import math
@@ -42,6 +49,68 @@ def top_k_mask(probs, k):
     return mask
 
 
+DISPATCH_MODES = ("masked", "sparse")
+
+
+def _equals_range(values, count):
+    """``[count, len(values)]`` booleans ``values[n] == i``, as two comparisons and an AND.
+
+    ``tf.equal`` against a range is folded into ONE_HOT by the converter, which TFLite Micro
+    lacks; GREATER_EQUAL, LESS_EQUAL and LOGICAL_AND convert as themselves.
+    """
+    index = tf.constant(list(range(count)), tf.int32)[:, None]
+    return tf.logical_and(values[None, :] >= index, values[None, :] <= index)
+
+
+def _prefix_count(flags):
+    """Exclusive prefix sums of an int32 ``[rows, n]`` along the last axis.
+
+    TFLite Micro has no int32 CUMSUM or SUM; this is a Hillis-Steele scan of log2(n) shifted
+    int32 ADDs (CONCATENATION, STRIDED_SLICE and ADD, which it has).
+    """
+    rows, length = flags.shape
+    total = flags
+    shift = 1
+    while shift < length:
+        shifted = tf.concat([tf.zeros([rows, shift], tf.int32), total[:, :length - shift]], 1)
+        total = total + shifted
+        shift *= 2
+    return total - flags
+
+
+def dispatch_slots(experts, num_experts, capacity):
+    """Where each patch goes in a fixed-capacity top-1 dispatch, in exact int32 arithmetic.
+
+    Args:
+        experts: int32 ``[n]``, the chosen expert of each patch.
+        num_experts: E.
+        capacity: slots per expert.
+
+    Returns:
+        ``(slot, source)``: int32 ``[n]``, the slot of each patch (``E * capacity``, one past
+        the last slot, for a patch over its expert's capacity), and int32
+        ``[E * capacity]``, the patch in each slot (``n`` for an empty slot).
+
+    Example:
+        >>> slot, source = dispatch_slots(tf.constant([1, 0, 1, 1]), 2, 2)
+        >>> slot.numpy(), source.numpy()
+        (array([2, 0, 3, 4], dtype=int32), array([1, 4, 0, 2], dtype=int32))
+    """
+    length = experts.shape[0]
+    chosen = tf.cast(_equals_range(experts, num_experts), tf.int32)  # [E, n]
+    before = _prefix_count(chosen)  # patches of the same expert ahead of each one
+    position = chosen[0] * before[0]
+    for e in range(1, num_experts):
+        position = position + chosen[e] * before[e]
+    keep = tf.cast(position < capacity, tf.int32)
+    slot = keep * (experts * capacity + position) + (1 - keep) * (num_experts * capacity)
+    # The patch in each slot: the first patch whose slot matches, else the sentinel column n.
+    match = tf.cast(_equals_range(slot, num_experts * capacity), tf.int8)  # [E*C, n]
+    sentinel = tf.ones([num_experts * capacity, 1], tf.int8)
+    source = tf.argmax(tf.concat([match, sentinel], axis=1), axis=1, output_type=tf.int32)
+    return slot, source
+
+
 def load_balancing_loss(probs, mask, top_k):
     """The Switch-Transformer balancing loss ``E * sum_e f_e * p_e``.
 
@@ -70,6 +139,10 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             during training; 0 disables it.
         normalize_gates: bool, divide the chosen gates by their sum (with top_k=1 every gate
             becomes 1).
+        dispatch: inference form, "masked" (every expert on every token) or "sparse"
+            (fixed-capacity top-1 dispatch; training always uses the masked form).
+        capacity_factor: float >= 1/E, sparse dispatch slots per expert as a multiple of
+            patches / E.
 
     Weights: ``router_kernel [d, E]``, ``router_bias [E]``, ``expert_kernel_in [E, d, h]``,
     ``expert_bias_in [E, h]``, ``expert_kernel_out [E, h, d]``, ``expert_bias_out [E, d]``.
@@ -83,9 +156,13 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     """
 
     def __init__(self, num_experts=4, hidden_dim=64, top_k=1, activation="swish",
-                 routing="patch", aux_loss_weight=0.01, normalize_gates=False, **kwargs):
+                 routing="patch", aux_loss_weight=0.01, normalize_gates=False,
+                 dispatch="masked", capacity_factor=1.25, **kwargs):
         super().__init__(**kwargs)
         validate_moe_args(num_experts, top_k, routing, hidden_dim)
+        validate_dispatch(dispatch, capacity_factor, top_k, num_experts)
+        self.dispatch = dispatch
+        self.capacity_factor = float(capacity_factor)
         self.num_experts = int(num_experts)
         self.hidden_dim = int(hidden_dim)
         self.top_k = int(top_k)
@@ -147,6 +224,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         return {"probs": probs, "gates": gates, "experts": tf.cast(experts, tf.int32)}
 
     def call(self, x, training=None):
+        if self.dispatch == "sparse" and not training:
+            return self.sparse_combine(x)
         probs = self.router_probs(x)
         gates, mask = self.gates(probs)
         if training and self.aux_loss_weight > 0:
@@ -171,11 +250,52 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         # sum_e g_e (W_e h_e + b_e) = W (g * h) + g @ b
         return _pointwise(gated, kernel_out) + _pointwise(gates, self.expert_bias_out)
 
+    def capacity(self, num_patches):
+        """Slots per expert in sparse dispatch: ``ceil(capacity_factor * patches / E)``."""
+        return min(num_patches, int(math.ceil(self.capacity_factor * num_patches
+                                              / self.num_experts)))
+
+    def sparse_combine(self, x):
+        """Fixed-capacity top-1 dispatch (inference): each expert runs on its slots only."""
+        if x.shape[0] == 1:
+            return self._sparse_one(x)
+        return tf.map_fn(lambda item: self._sparse_one(item[None])[0], x)
+
+    def _sparse_one(self, x):
+        positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
+        if self.routing == "token":  # every token is its own "patch"
+            tokens = tf.reshape(x, [1, 1, positions * patches, dim])
+            return tf.reshape(self._sparse_one_patch(tokens), [1, positions, patches, dim])
+        return self._sparse_one_patch(x)
+
+    def _sparse_one_patch(self, x):
+        positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
+        experts, capacity = self.num_experts, self.capacity(x.shape[2])
+        probs = tf.reshape(self.router_probs(x), [patches, experts])
+        chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
+        gate = tf.reduce_max(probs, axis=-1)  # [n]
+        slot, source = dispatch_slots(chosen, experts, capacity)
+        tokens = tf.concat([x[0], tf.zeros([positions, 1, dim], x.dtype)], axis=1)  # [P, n+1, d]
+        gathered = tf.gather(tokens, source, axis=1)  # [P, E*C, d]
+        outputs = []
+        for e in range(experts):
+            chunk = tf.reshape(gathered[:, e * capacity:(e + 1) * capacity],
+                               [positions * capacity, dim])
+            hidden = tf.matmul(chunk, self.expert_kernel_in[e]) + self.expert_bias_in[e]
+            if self._act is not None:
+                hidden = self._act(hidden)
+            out = tf.matmul(hidden, self.expert_kernel_out[e]) + self.expert_bias_out[e]
+            outputs.append(tf.reshape(out, [positions, capacity, dim]))
+        outputs.append(tf.zeros([positions, 1, dim], x.dtype))  # the overflow slot
+        combined = tf.gather(tf.concat(outputs, axis=1), slot, axis=1)  # [P, n, d]
+        return (combined * tf.reshape(gate, [1, patches, 1]))[None]
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_experts": self.num_experts,
+        return {**super().get_config(), "dispatch": self.dispatch,
+                "capacity_factor": self.capacity_factor, "num_experts": self.num_experts,
                 "hidden_dim": self.hidden_dim, "top_k": self.top_k,
                 "activation": self.activation, "routing": self.routing,
                 "aux_loss_weight": self.aux_loss_weight,
@@ -192,6 +312,18 @@ def validate_moe_args(num_experts, top_k, routing, hidden_dim=1):
         raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}.")
     if int(hidden_dim) < 1:
         raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
+
+
+def validate_dispatch(dispatch, capacity_factor, top_k, num_experts):
+    """Raises a ValueError naming the bad value of a dispatch configuration."""
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}.")
+    if dispatch == "sparse" and int(top_k) != 1:
+        raise ValueError(f"Sparse dispatch routes each patch to one expert (top_k=1); this "
+                         f"layer has top_k={top_k}. Use dispatch='masked'.")
+    if float(capacity_factor) * int(num_experts) < 1.0:
+        raise ValueError(f"capacity_factor must be at least 1/num_experts, got "
+                         f"{capacity_factor}.")
 
 
 def _pointwise(x, kernel):

@@ -5,6 +5,7 @@ import difflib
 
 from tinymoe.models.mobilevit_v2 import (
     MobileViTV2Config, MoEConfig, build_mobilevit_v2, check_input_shape)
+from tinymoe.models.dispatch import has_experts, with_dispatch
 from tinymoe.models.tracing import read_routing, trace
 
 _REGISTRY = {}
@@ -66,5 +67,5 @@ register_model("mobilevit_v2_100", MobileViTV2Config(width=1.0))
 register_model("mobilevit_v2_moe_050", MobileViTV2Config(width=0.5, moe=MoEConfig()))
 
 __all__ = ["MoEConfig", "MobileViTV2Config", "build_mobilevit_v2", "check_input_shape",
-           "create_model", "get_config", "list_models", "read_routing", "register_model",
-           "trace"]
+           "create_model", "get_config", "has_experts", "list_models", "read_routing",
+           "register_model", "trace", "with_dispatch"]

@@ -1,0 +1,100 @@
+"""Fixed-capacity sparse dispatch of the mixture of experts (inference and export)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from test_moe import numpy_moe, randomised
+from tinymoe.backend import keras, tf
+from tinymoe.cli import main
+from tinymoe.export import litert_invoke, op_table, tflm_invoke, to_tflite
+from tinymoe.layers import MoEFeedForward
+from tinymoe.layers.moe import dispatch_slots
+from tinymoe.models import create_model, with_dispatch
+
+
+def test_dispatch_slots_fill_each_expert_in_patch_order_and_drop_the_overflow():
+    slot, source = dispatch_slots(tf.constant([1, 0, 1, 1, 0], tf.int32), 2, 2)
+    # expert 0 takes patches 1, 4 (slots 0, 1); expert 1 takes 0, 2 (slots 2, 3); 3 overflows.
+    assert slot.numpy().tolist() == [2, 0, 3, 4, 1]
+    assert source.numpy().tolist() == [1, 4, 0, 2]
+    slot, source = dispatch_slots(tf.constant([2, 2, 2, 2], tf.int32), 3, 1)
+    assert slot.numpy().tolist() == [2, 3, 3, 3]
+    assert source.numpy().tolist() == [4, 4, 0]  # empty slots point past the last patch
+
+
+@pytest.mark.parametrize("routing", ["patch", "token"])
+def test_sparse_equals_masked_when_no_patch_overflows(routing):
+    x = np.random.default_rng(2).normal(size=(3, 4, 6, 8)).astype(np.float32)
+    layer = randomised(MoEFeedForward(num_experts=3, hidden_dim=8, routing=routing), x)
+    masked = layer(x).numpy()
+    layer.dispatch, layer.capacity_factor = "sparse", 3.0  # capacity = every patch
+    np.testing.assert_allclose(layer(x).numpy(), masked, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(x, training=True).numpy(), masked, rtol=1e-5, atol=1e-5)
+
+
+def test_patches_over_capacity_skip_the_feed_forward():
+    x = np.random.default_rng(3).normal(size=(1, 4, 10, 8)).astype(np.float32)
+    layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, dispatch="sparse"), x)
+    router_bias = np.array([20.0, 0.0, 0.0, 0.0], np.float32)  # every patch wants expert 0
+    layer.router_kernel.assign(np.zeros_like(layer.router_kernel.numpy()))
+    layer.router_bias.assign(router_bias)
+    capacity = math.ceil(1.25 * 10 / 4)
+    assert layer.capacity(10) == capacity == 4
+    out = layer(x).numpy()
+    reference = numpy_moe(layer, x)  # every patch through expert 0
+    np.testing.assert_allclose(out[:, :, :capacity], reference[:, :, :capacity], rtol=1e-4,
+                               atol=1e-5)
+    assert np.all(out[:, :, capacity:] == 0)  # the residual alone carries them
+    assert np.all(np.abs(reference[:, :, capacity:]) > 0)
+
+
+def test_with_dispatch_keeps_weights_and_equals_masked_without_overflow():
+    model = create_model("mobilevit_v2_moe_050", num_classes=5, input_shape=(64, 64, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    sparse = with_dispatch(model, "sparse", capacity_factor=4.0)
+    np.testing.assert_allclose(sparse(images).numpy(), model(images).numpy(), rtol=1e-4,
+                               atol=1e-4)
+    assert [l.dispatch for l in sparse._flatten_layers() if isinstance(l, MoEFeedForward)] == [
+        "sparse", "sparse"]
+    assert all(l.dispatch == "masked" for l in model._flatten_layers()
+               if isinstance(l, MoEFeedForward))
+    with pytest.raises(ValueError, match="no mixture-of-experts"):
+        with_dispatch(create_model("mobilevit_v2_050", num_classes=5, input_shape=(64, 64, 3)))
+    with pytest.raises(ValueError, match="top_k=2"):
+        MoEFeedForward(num_experts=4, top_k=2, dispatch="sparse")
+
+
+def test_sparse_int8_moe_costs_about_capacity_factor_feed_forwards_in_tflm():
+    positions, patches, dim, hidden, experts = 4, 16, 32, 64, 4
+    x = np.random.default_rng(4).normal(size=(32, positions, patches, dim)).astype(np.float32)
+    models = {}
+    for dispatch in ("masked", "sparse"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((positions, patches, dim), batch_size=1)
+        layer = MoEFeedForward(num_experts=experts, hidden_dim=hidden, dispatch=dispatch)
+        models[dispatch] = to_tflite(keras.Model(inputs, layer(inputs)), x)
+    one_expert = positions * patches * 2 * dim * hidden  # MACs of one expert on every token
+    macs = {k: sum(row["macs"] for row in op_table(v)) for k, v in models.items()}
+    assert macs["sparse"] <= (1.25 + 0.1) * one_expert, macs
+    assert macs["masked"] >= experts * one_expert
+    ops = {row["op"] for row in op_table(models["sparse"])}
+    assert "GATHER" in ops and "ARG_MAX" in ops and not ops & {"ONE_HOT", "TOPK_V2", "CUMSUM"}
+    tflm = tflm_invoke(models["sparse"], x[:8], dequantize_output=False).astype(int)
+    litert = litert_invoke(models["sparse"], x[:8], dequantize_output=False).astype(int)
+    # TFLM and LiteRT's reference kernels requantise the concatenated expert outputs a little
+    # differently: a handful of values 2 LSB apart, none more.
+    difference = np.abs(tflm - litert)
+    assert difference.max() <= 2 and np.mean(difference > 1) < 1e-3
+
+
+def test_cli_export_dispatch_needs_a_keras_model(tmp_path, capsys):
+    path = tmp_path / "model.tflite"
+    inputs = keras.Input((8, 8, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    path.write_bytes(to_tflite(keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs)), images))
+    assert main(["export", str(path), "--out", str(tmp_path / "fw"), "--dispatch",
+                 "sparse"]) == 2
+    assert "--dispatch applies when converting a .keras model" in capsys.readouterr().err
+    assert not (tmp_path / "fw").exists()

@@ -1,0 +1,54 @@
+"""Choosing how the mixture-of-experts layers of a trained model run at inference."""
+
+from tinymoe.backend import keras
+from tinymoe.layers.moe import MoEFeedForward, validate_dispatch
+
+
+def _set_dispatch(config, dispatch, capacity_factor):
+    """Sets the dispatch in every MoE layer config nested anywhere in a model config."""
+    if isinstance(config, dict):
+        if config.get("class_name", "").endswith("MoEFeedForward"):
+            config["config"].update(dispatch=dispatch, capacity_factor=capacity_factor)
+        moe = config.get("moe")
+        if isinstance(moe, dict):  # a TransformerLayer builds its MoEFeedForward from this
+            moe.update(dispatch=dispatch, capacity_factor=capacity_factor)
+        for value in config.values():
+            _set_dispatch(value, dispatch, capacity_factor)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            _set_dispatch(value, dispatch, capacity_factor)
+
+
+def has_experts(model):
+    """True when ``model`` holds at least one :class:`MoEFeedForward`."""
+    return any(isinstance(layer, MoEFeedForward) for layer in model._flatten_layers())
+
+
+def with_dispatch(model, dispatch="sparse", capacity_factor=1.25):
+    """A copy of ``model`` (same weights) whose MoE layers use ``dispatch`` at inference.
+
+    Training is unchanged (it always uses the masked form); choose the dispatch for export:
+    "sparse" runs about ``capacity_factor`` feed-forwards per MoE layer instead of E.
+
+    Args:
+        model: a Keras model with :class:`tinymoe.layers.MoEFeedForward` layers.
+        dispatch: "sparse" or "masked".
+        capacity_factor: expert slots as a multiple of patches / E (sparse only).
+
+    Returns:
+        the new model; ``model`` itself is not changed.
+
+    Example:
+        >>> sparse = with_dispatch(moe_model, "sparse", capacity_factor=1.25)
+        >>> tflite_bytes = to_tflite(sparse, images)
+    """
+    if not has_experts(model):
+        raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to dispatch.")
+    for layer in model._flatten_layers():
+        if isinstance(layer, MoEFeedForward):
+            validate_dispatch(dispatch, capacity_factor, layer.top_k, layer.num_experts)
+    config = model.get_config()
+    _set_dispatch(config, dispatch, float(capacity_factor))
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
