@@ -24,6 +24,17 @@ def test_dispatch_slots_fill_each_expert_in_patch_order_and_drop_the_overflow():
     assert source.numpy().tolist() == [4, 4, 0]  # empty slots point past the last patch
 
 
+def test_gate_priority_keeps_the_patches_the_router_is_surest_of():
+    experts = tf.constant([0, 0, 1, 0, 0], tf.int32)
+    gates = tf.constant([0.3, 0.9, 0.8, 0.3, 0.6])
+    slot, source = dispatch_slots(experts, 2, 2, gates)
+    # expert 0: patch 1 (0.9) then 4 (0.6); patches 0 and 3 (0.3, a tie) overflow.
+    assert slot.numpy().tolist() == [4, 0, 2, 4, 1]
+    assert source.numpy().tolist() == [1, 4, 2, 5]
+    slot, _ = dispatch_slots(experts, 2, 3, gates)
+    assert slot.numpy().tolist() == [2, 0, 3, 6, 1]  # the tie goes to the lower index
+
+
 @pytest.mark.parametrize("routing", ["patch", "token"])
 def test_sparse_equals_masked_when_no_patch_overflows(routing):
     x = np.random.default_rng(2).normal(size=(3, 4, 6, 8)).astype(np.float32)
@@ -36,7 +47,8 @@ def test_sparse_equals_masked_when_no_patch_overflows(routing):
 
 def test_patches_over_capacity_skip_the_feed_forward():
     x = np.random.default_rng(3).normal(size=(1, 4, 10, 8)).astype(np.float32)
-    layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, dispatch="sparse"), x)
+    layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, dispatch="sparse",
+                                      priority="order"), x)
     router_bias = np.array([20.0, 0.0, 0.0, 0.0], np.float32)  # every patch wants expert 0
     layer.router_kernel.assign(np.zeros_like(layer.router_kernel.numpy()))
     layer.router_bias.assign(router_bias)
@@ -48,6 +60,18 @@ def test_patches_over_capacity_skip_the_feed_forward():
                                atol=1e-5)
     assert np.all(out[:, :, capacity:] == 0)  # the residual alone carries them
     assert np.all(np.abs(reference[:, :, capacity:]) > 0)
+
+
+def test_gate_priority_drops_the_patches_with_the_lowest_gates():
+    x = np.random.default_rng(5).normal(size=(1, 4, 10, 8)).astype(np.float32)
+    layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, dispatch="sparse"), x)
+    layer.router_kernel.assign(layer.router_kernel.numpy() * 0.2)
+    layer.router_bias.assign(np.array([4.0, 0.0, 0.0, 0.0], np.float32))
+    routing = layer.route(x)
+    assert np.all(routing["experts"].numpy() == 0)  # all patches want expert 0
+    gates = routing["gates"].numpy()[0, 0, :, 0]
+    kept = np.flatnonzero(np.any(layer(x).numpy()[0] != 0, axis=(0, 2)))
+    assert sorted(kept) == sorted(np.argsort(-gates)[:layer.capacity(10)])
 
 
 def test_with_dispatch_keeps_weights_and_equals_masked_without_overflow():

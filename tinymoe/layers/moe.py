@@ -78,13 +78,17 @@ def _prefix_count(flags):
     return total - flags
 
 
-def dispatch_slots(experts, num_experts, capacity):
+def dispatch_slots(experts, num_experts, capacity, gates=None):
     """Where each patch goes in a fixed-capacity top-1 dispatch, in exact int32 arithmetic.
 
     Args:
         experts: int32 ``[n]``, the chosen expert of each patch.
         num_experts: E.
         capacity: slots per expert.
+        gates: None to fill each expert's slots in patch order, or ``[n]`` gate values to
+            fill them by decreasing gate (ties in patch order), so that the patches dropped
+            at overflow are those the router is least sure of (V-MoE's batch prioritised
+            routing, within one image).
 
     Returns:
         ``(slot, source)``: int32 ``[n]``, the slot of each patch (``E * capacity``, one past
@@ -97,11 +101,22 @@ def dispatch_slots(experts, num_experts, capacity):
         (array([2, 0, 3, 4], dtype=int32), array([1, 4, 0, 2], dtype=int32))
     """
     length = experts.shape[0]
-    chosen = tf.cast(_equals_range(experts, num_experts), tf.int32)  # [E, n]
-    before = _prefix_count(chosen)  # patches of the same expert ahead of each one
-    position = chosen[0] * before[0]
-    for e in range(1, num_experts):
-        position = position + chosen[e] * before[e]
+    if gates is None:
+        chosen = tf.cast(_equals_range(experts, num_experts), tf.int32)  # [E, n]
+        before = _prefix_count(chosen)  # patches of the same expert ahead of each one
+        position = chosen[0] * before[0]
+        for e in range(1, num_experts):
+            position = position + chosen[e] * before[e]
+    else:
+        # ahead[n, m]: patch m shares n's expert and goes first (higher gate, or equal gate
+        # and lower index); n's position is the row count, the last inclusive prefix sum.
+        earlier = tf.constant([[m < n for m in range(length)] for n in range(length)])
+        higher = gates[None, :] > gates[:, None]
+        tie = tf.logical_and(tf.equal(gates[None, :], gates[:, None]), earlier)
+        ahead = tf.logical_and(tf.equal(experts[None, :], experts[:, None]),
+                               tf.logical_or(higher, tie))
+        ahead = tf.cast(ahead, tf.int32)
+        position = (_prefix_count(ahead) + ahead)[:, length - 1]
     keep = tf.cast(position < capacity, tf.int32)
     slot = keep * (experts * capacity + position) + (1 - keep) * (num_experts * capacity)
     # The patch in each slot: the first patch whose slot matches, else the sentinel column n.
@@ -143,6 +158,9 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             (fixed-capacity top-1 dispatch; training always uses the masked form).
         capacity_factor: float >= 1/E, sparse dispatch slots per expert as a multiple of
             patches / E.
+        priority: which patches keep their slots when an expert overflows in sparse
+            dispatch: "gate" (the highest gates, as V-MoE's batch prioritised routing) or
+            "order" (the first patches).
 
     Weights: ``router_kernel [d, E]``, ``router_bias [E]``, ``expert_kernel_in [E, d, h]``,
     ``expert_bias_in [E, h]``, ``expert_kernel_out [E, h, d]``, ``expert_bias_out [E, d]``.
@@ -157,10 +175,13 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, num_experts=4, hidden_dim=64, top_k=1, activation="swish",
                  routing="patch", aux_loss_weight=0.01, normalize_gates=False,
-                 dispatch="masked", capacity_factor=1.25, **kwargs):
+                 dispatch="masked", capacity_factor=1.25, priority="gate", **kwargs):
         super().__init__(**kwargs)
         validate_moe_args(num_experts, top_k, routing, hidden_dim)
         validate_dispatch(dispatch, capacity_factor, top_k, num_experts)
+        if priority not in ("gate", "order"):
+            raise ValueError(f"priority must be 'gate' or 'order', got {priority!r}.")
+        self.priority = priority
         self.dispatch = dispatch
         self.capacity_factor = float(capacity_factor)
         self.num_experts = int(num_experts)
@@ -274,7 +295,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         probs = tf.reshape(self.router_probs(x), [patches, experts])
         chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
         gate = tf.reduce_max(probs, axis=-1)  # [n]
-        slot, source = dispatch_slots(chosen, experts, capacity)
+        slot, source = dispatch_slots(chosen, experts, capacity,
+                                      gate if self.priority == "gate" else None)
         tokens = tf.concat([x[0], tf.zeros([positions, 1, dim], x.dtype)], axis=1)  # [P, n+1, d]
         gathered = tf.gather(tokens, source, axis=1)  # [P, E*C, d]
         outputs = []
@@ -295,7 +317,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dispatch": self.dispatch,
-                "capacity_factor": self.capacity_factor, "num_experts": self.num_experts,
+                "capacity_factor": self.capacity_factor, "priority": self.priority, "num_experts": self.num_experts,
                 "hidden_dim": self.hidden_dim, "top_k": self.top_k,
                 "activation": self.activation, "routing": self.routing,
                 "aux_loss_weight": self.aux_loss_weight,

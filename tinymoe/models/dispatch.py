@@ -4,19 +4,19 @@ from tinymoe.backend import keras
 from tinymoe.layers.moe import MoEFeedForward, validate_dispatch
 
 
-def _set_dispatch(config, dispatch, capacity_factor):
+def _set_dispatch(config, settings):
     """Sets the dispatch in every MoE layer config nested anywhere in a model config."""
     if isinstance(config, dict):
         if config.get("class_name", "").endswith("MoEFeedForward"):
-            config["config"].update(dispatch=dispatch, capacity_factor=capacity_factor)
+            config["config"].update(settings)
         moe = config.get("moe")
         if isinstance(moe, dict):  # a TransformerLayer builds its MoEFeedForward from this
-            moe.update(dispatch=dispatch, capacity_factor=capacity_factor)
+            moe.update(settings)
         for value in config.values():
-            _set_dispatch(value, dispatch, capacity_factor)
+            _set_dispatch(value, settings)
     elif isinstance(config, (list, tuple)):
         for value in config:
-            _set_dispatch(value, dispatch, capacity_factor)
+            _set_dispatch(value, settings)
 
 
 def has_experts(model):
@@ -24,7 +24,7 @@ def has_experts(model):
     return any(isinstance(layer, MoEFeedForward) for layer in model._flatten_layers())
 
 
-def with_dispatch(model, dispatch="sparse", capacity_factor=1.25):
+def with_dispatch(model, dispatch="sparse", capacity_factor=1.25, priority="gate"):
     """A copy of ``model`` (same weights) whose MoE layers use ``dispatch`` at inference.
 
     Training is unchanged (it always uses the masked form); choose the dispatch for export:
@@ -34,6 +34,7 @@ def with_dispatch(model, dispatch="sparse", capacity_factor=1.25):
         model: a Keras model with :class:`tinymoe.layers.MoEFeedForward` layers.
         dispatch: "sparse" or "masked".
         capacity_factor: expert slots as a multiple of patches / E (sparse only).
+        priority: "gate" or "order": which patches keep their slots at overflow.
 
     Returns:
         the new model; ``model`` itself is not changed.
@@ -48,7 +49,10 @@ def with_dispatch(model, dispatch="sparse", capacity_factor=1.25):
         if isinstance(layer, MoEFeedForward):
             validate_dispatch(dispatch, capacity_factor, layer.top_k, layer.num_experts)
     config = model.get_config()
-    _set_dispatch(config, dispatch, float(capacity_factor))
+    if priority not in ("gate", "order"):
+        raise ValueError(f"priority must be 'gate' or 'order', got {priority!r}.")
+    _set_dispatch(config, {"dispatch": dispatch, "capacity_factor": float(capacity_factor),
+                           "priority": priority})
     copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
