@@ -4,7 +4,8 @@ writes JSON and a Markdown table.
 Part "models": every registered model at 96x96 and 128x128 (100 classes), converted to full
 int8 and measured in the TFLite Micro interpreter: flash (the .tflite bytes), the smallest
 tensor arena that runs (bisection; the host's 64-bit interpreter, an upper bound for a
-32-bit MCU), MACs. Targets: flash <= 1 MB (1,048,576 bytes), arena <= 320 KB (327,680 bytes).
+32-bit MCU), MACs. MoE models are measured with masked dispatch (every expert runs) and
+again with sparse dispatch (fixed capacity, factor 1.25). Targets: flash <= 1 MB (1,048,576 bytes), arena <= 320 KB (327,680 bytes).
 
 Part "accuracy": trained dense-0.5 and MoE-0.5 models on cub100 (e.g. from
 benchmarks/cub100_accuracy.py): float top-1, post-training int8 top-1 and QAT int8 top-1,
@@ -30,7 +31,7 @@ import tinymoe
 from tinymoe.data import load_dataset
 from tinymoe.export import report, to_tflite
 from tinymoe.files import atomic_path, write_json
-from tinymoe.models import create_model, list_models
+from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.pipeline import evaluate, evaluate_tflite, load_model, optimize_run
 
 FLASH_TARGET, ARENA_TARGET = 1024 * 1024, 320 * 1024
@@ -41,10 +42,15 @@ def models_part(sizes, num_classes):
     rng = np.random.default_rng(0)
     for size in sizes:
         images = rng.uniform(0, 255, (16, size, size, 3)).astype(np.float32)
-        for name in list_models():
+        variants = [(name, None) for name in list_models()]
+        variants += [(name, "sparse") for name in list_models() if "moe" in name]
+        for name, dispatch in variants:
             model = create_model(name, num_classes=num_classes, input_shape=(size, size, 3))
+            if dispatch:
+                model = with_dispatch(model, dispatch)
             measured = report(to_tflite(model, images))
-            rows.append({"model": name, "size": size, "params": int(model.count_params()),
+            label = f"{name} ({dispatch} dispatch)" if dispatch else name
+            rows.append({"model": label, "size": size, "params": int(model.count_params()),
                          "macs": measured["macs"], "flash_bytes": measured["flash_bytes"],
                          "weight_bytes": measured["weight_bytes"],
                          "arena_bytes": measured["arena_bytes"],

@@ -58,3 +58,30 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
     assert "Unknown model 'mobilevit_v2_999'" in capsys.readouterr().err
     assert main(["models", "--input-size", "100"]) == 2
     assert "Input height 100 cannot be taken" in capsys.readouterr().err
+
+
+def test_every_public_function_and_class_has_a_docstring_with_an_example():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "tinymoe"
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "tflm_child.py":  # a script run in a child process, not an API
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                if "Example" not in (ast.get_docstring(node) or ""):
+                    missing.append(f"{path.relative_to(root.parent)}:{node.name}")
+    assert not missing, missing
+
+
+def test_cli_help_of_every_command_names_its_options(capsys):
+    import pytest as _pytest
+
+    for command in ("models", "train", "upcycle", "analyze", "optimize", "report", "export",
+                    "demo"):
+        with _pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: tinymoe " + command in capsys.readouterr().out

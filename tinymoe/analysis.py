@@ -41,6 +41,10 @@ def paper_affinity(probs, labels, num_classes, temperature=0.001, threshold=0.05
     Args:
         probs: ``[B, M, E]`` router probabilities of the M patches of each image.
         labels: ``[B]``.
+
+    Example:
+        >>> paper_affinity(affinity_matrix(experts, labels, 10, 4)).shape
+        (10, 4)
     """
     probs = np.asarray(probs, np.float64).reshape(len(labels), -1, np.shape(probs)[-1])
     logits = np.log(np.maximum(probs, 1e-30)) / temperature
@@ -56,7 +60,12 @@ def paper_affinity(probs, labels, num_classes, temperature=0.001, threshold=0.05
 
 
 def expert_load(experts, num_experts):
-    """Share of all patches whose top-1 expert is each expert, ``[num_experts]``."""
+    """Share of all patches whose top-1 expert is each expert, ``[num_experts]``.
+
+    Example:
+        >>> expert_load(experts, 4)  # share of patches per expert
+        array([0.25, 0.3 , 0.2 , 0.25])
+    """
     counts = np.bincount(np.asarray(experts).ravel(), minlength=num_experts)
     return counts / max(1, counts.sum())
 
@@ -68,6 +77,11 @@ def analyze(model, images, labels, num_classes, batch_size=32):
         dict from layer key to ``{"affinity", "paper_affinity", "load", "experts", "grid",
         "patch_pixels"}``: ``experts`` is the top-1 expert per patch ``[B, gh, gw]`` (patch
         routing) and ``grid``/``patch_pixels`` place the patches on the image.
+
+    Example:
+        >>> results = analyze(moe_model, val_images, val_labels, num_classes=10)
+        >>> results["stage5_mvit/transformer_2"]["affinity"].shape
+        (10, 4)
     """
     labels = np.asarray(labels)
     results = {}
@@ -108,7 +122,12 @@ def _patch_layout(model, block_name, image_size):
 
 
 def plot_affinity(matrix, class_names, path, title="Class-expert affinity"):
-    """Saves a heat map of a ``[classes, experts]`` matrix as a PNG (atomically)."""
+    """Saves a heat map of a ``[classes, experts]`` matrix as a PNG (atomically).
+
+    Example:
+        >>> plot_affinity(result["affinity"], class_names, "affinity.png", "stage 5")
+        'affinity.png'
+    """
     from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix)
@@ -140,6 +159,11 @@ def plot_patch_groups(images, experts, patch_pixels, path, num_experts, titles=N
         path: PNG path, written atomically.
         num_experts: number of colours.
         titles: optional caption per image.
+
+    Example:
+        >>> plot_patch_groups(images[:8], result["experts"][:8], result["patch_pixels"],
+        ...                   "patches.png", num_experts=4)
+        'patches.png'
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure

@@ -18,6 +18,9 @@ class AugmentConfig:
             ``rand_augment_magnitude`` (0 to 1).
         mixup_alpha: MixUp strength (0 disables).
         cutmix_alpha: CutMix strength (0 disables); with MixUp too, each batch gets one of them.
+
+    Example:
+        >>> AugmentConfig(crop=True, flip=False, rand_augment=True, mixup_alpha=0.2)
     """
 
     crop: bool = True
@@ -39,6 +42,10 @@ def build_augmenter(config, image_size, seed=0):
 
     Images are float32 pixel values in [0, 255]; labels are one-hot (MixUp and CutMix mix
     them). keras-cv is imported here, on first use.
+
+    Example:
+        >>> augment = build_augmenter(AugmentConfig(), image_size=128, seed=0)
+        >>> images, labels = augment(images, one_hot_labels)
     """
     import keras_cv
 

@@ -39,5 +39,11 @@ __all__ = ["keras", "tf", "register"]
 
 
 def register(cls):
-    """Registers a layer for Keras serialisation under the ``tinymoe`` package."""
+    """Registers a layer for Keras serialisation under the ``tinymoe`` package.
+
+    Example:
+        >>> @register
+        ... class MyLayer(keras.layers.Layer):
+        ...     pass
+    """
     return keras.saving.register_keras_serializable(package="tinymoe")(cls)

@@ -175,6 +175,12 @@ def _add_data_args(parser, default_size=32):
 
 
 def build_parser():
+    """The ``tinymoe`` argument parser, one sub-command per step.
+
+    Example:
+        >>> build_parser().parse_args(["report", "model.tflite"]).command
+        'report'
+    """
     parser = argparse.ArgumentParser(
         prog="tinymoe",
         description="MobileViTv2 with mixtures of experts, from Keras to TensorFlow Lite Micro.")
@@ -331,7 +337,12 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``tinymoe`` command."""
+    """Entry point of the ``tinymoe`` command.
+
+    Example:
+        >>> main(["report", "runs/opt/model.tflite"])
+        0
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -30,6 +30,10 @@ class ImageData:
         splits: ``[N]`` strings, "train", "val" or "test".
         class_names: class names in label order (sorted folder names).
         paths: ``[N]`` source file paths ("" for built-in data).
+
+    Example:
+        >>> data = load_dataset("digits", 32)
+        >>> x_train, y_train = data.split("train")
     """
 
     images: np.ndarray
@@ -66,6 +70,9 @@ def scan_image_folder(image_dir, split_file=None, val_fraction=0.15, test_fracti
     Raises:
         ValueError: no class folders, an empty class folder, a split file that names a
             missing file or an unknown class or split.
+
+    Example:
+        >>> paths, labels, splits, class_names = scan_image_folder("photos/")
     """
     if not os.path.isdir(image_dir):
         raise ValueError(f"Image folder {image_dir!r} does not exist.")
@@ -133,6 +140,9 @@ def decode_images(paths, size, progress=True):
 
     Returns:
         (images, kept): the images, and a boolean mask of the paths that decoded.
+
+    Example:
+        >>> images, kept = decode_images(paths, size=128)
     """
     images, kept, failed = [], np.zeros(len(paths), bool), []
     for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img",
@@ -173,6 +183,11 @@ def load_dataset(source, size, progress=True):
 
     A folder holding ``images/`` and ``splits.csv`` (as cub100 does) uses both; any other
     folder is taken as the image-folder tree itself.
+
+    Example:
+        >>> data = load_dataset("../shared/data/cub100", 128)
+        >>> data.num_classes
+        100
     """
     if source in (None, "digits"):
         return load_digits(size)
@@ -189,6 +204,11 @@ def load_digits(size=32, seed=0):
 
     Needs no download. Resized to ``size`` with bilinear interpolation, scaled to [0, 255],
     repeated to 3 channels, and split 70/15/15 by a fixed permutation.
+
+    Example:
+        >>> data = load_digits(32)
+        >>> data.images.shape[1:]
+        (32, 32, 3)
     """
     from sklearn.datasets import load_digits as sklearn_digits
 

@@ -32,7 +32,11 @@ def atomic_path(path):
 
 
 def write_json(path, data):
-    """Writes ``data`` as indented JSON, atomically."""
+    """Writes ``data`` as indented JSON, atomically.
+
+    Example:
+        >>> write_json("runs/summary.json", {"val_accuracy": 0.98})
+    """
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")

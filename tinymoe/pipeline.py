@@ -15,21 +15,35 @@ from tinymoe.train import TrainConfig, fit
 
 
 def load_model(path):
-    """Loads a ``.keras`` file written by tinymoe (for inference or further training)."""
+    """Loads a ``.keras`` file written by tinymoe (for inference or further training).
+
+    Example:
+        >>> model = load_model("runs/moe/best.keras")
+    """
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path!r} does not exist.")
     return keras.models.load_model(path, compile=False)
 
 
 def evaluate(model, images, labels, num_classes, batch_size=64):
-    """Top-1 accuracy of ``model`` on ``images``."""
+    """Top-1 accuracy of ``model`` on ``images``.
+
+    Example:
+        >>> evaluate(model, x_val, y_val, num_classes=10)
+        0.978
+    """
     dataset = make_dataset(images, labels, num_classes, batch_size)
     logits = np.concatenate([model(x, training=False).numpy() for x, _ in dataset])
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 def evaluate_tflite(tflite_bytes, images, labels):
-    """Top-1 accuracy of a full-int8 ``.tflite`` model run in the TFLite Micro interpreter."""
+    """Top-1 accuracy of a full-int8 ``.tflite`` model run in the TFLite Micro interpreter.
+
+    Example:
+        >>> evaluate_tflite(open("model.tflite", "rb").read(), x_val, y_val)
+        0.975
+    """
     from tinymoe.export import tflm_invoke
 
     logits = tflm_invoke(tflite_bytes, np.asarray(images, np.float32))
@@ -44,6 +58,10 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1):
 
     Returns:
         (best model, summary dict: params, macs, val_accuracy, images_per_second, ...).
+
+    Example:
+        >>> model, summary = train_run("mobilevit_v2_050", load_dataset("digits", 32),
+        ...                            "runs/dense", TrainConfig(epochs=12))
     """
     if isinstance(model, str):
         if model.endswith(".keras"):
@@ -85,6 +103,10 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
 
     Clusters the patches of ``num_images`` training images; writes ``out_path`` (``.keras``)
     and a JSON report beside it.
+
+    Example:
+        >>> moe, summary = upcycle_run("runs/dense/best.keras", data, "runs/moe_init.keras",
+        ...                            MoEConfig(num_experts=4))
     """
     from tinymoe.routing import upcycle
 
@@ -107,6 +129,9 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
 
     Returns:
         dict from layer key to ``{"load": [...], "files": [...]}``.
+
+    Example:
+        >>> analyze_run("runs/moe/best.keras", data, "runs/analysis")
     """
     from tinymoe.analysis import analyze, plot_affinity, plot_patch_groups
 
@@ -149,6 +174,10 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verb
 
     Dense MobileViTv2-0.5 -> cluster-initialised MoE (4 experts, top-1) -> fine-tuning ->
     affinity figures. Returns a summary dict and writes everything under ``out_dir``.
+
+    Example:
+        >>> summary = demo("runs/demo")
+        >>> summary["moe"]["val_accuracy"]
     """
     from tinymoe.models import MoEConfig
 
@@ -189,6 +218,10 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
 
     Returns:
         (tflite bytes, summary dict).
+
+    Example:
+        >>> tflite_bytes, summary = optimize_run("runs/moe/best.keras", data, "runs/opt",
+        ...                                      sparsity=0.5, qat_epochs=2)
     """
     from tinymoe.export import report, to_tflite
     from tinymoe.models import has_experts, with_dispatch

@@ -35,6 +35,10 @@ def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
 
     Returns:
         dict from key to float32 ``[num_patches_or_tokens, d]``.
+
+    Example:
+        >>> embeddings = collect_embeddings(dense_model, images[:512],
+        ...                                 ["stage5_mvit/transformer_2"])
     """
     _, infos = trace(model, images, batch_size)
     embeddings = {}
@@ -62,6 +66,9 @@ def cluster_embeddings(embeddings, num_experts, linkage="ward", max_samples=4000
 
     Returns:
         (centroids ``[E, d]``, cluster sizes ``[E]`` in the subset).
+
+    Example:
+        >>> centroids, sizes = cluster_embeddings(embeddings["stage5_mvit/transformer_2"], 4)
     """
     embeddings = np.asarray(embeddings, np.float32)
     if len(embeddings) < num_experts:
@@ -87,6 +94,9 @@ def router_from_centroids(centroids, embeddings=None, temperature=None):
 
     Returns:
         (kernel ``[d, E]``, bias ``[E]``, temperature).
+
+    Example:
+        >>> kernel, bias, temperature = router_from_centroids(centroids, embeddings)
     """
     centroids = np.asarray(centroids, np.float64)
     if temperature is None:
@@ -112,6 +122,11 @@ class UpcycleReport:
         router: "cluster" or "random".
         layers: dict from layer key to ``{"cluster_sizes", "temperature", "embeddings"}``
             (sizes and temperature only for "cluster").
+
+    Example:
+        >>> moe, report = upcycle(dense, MoEConfig(), images)
+        >>> report.router
+        'cluster'
     """
 
     router: str

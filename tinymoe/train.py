@@ -18,6 +18,9 @@ class TrainConfig:
         min_learning_rate_ratio: the cosine ends at this share of the peak.
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         label_smoothing: label smoothing of the cross-entropy.
+
+    Example:
+        >>> fit(model, train, val, TrainConfig(epochs=30, learning_rate=2e-3), "runs/x")
     """
 
     epochs: int = 30
@@ -30,7 +33,13 @@ class TrainConfig:
 
 
 def learning_rate_schedule(config, steps_per_epoch):
-    """Linear warm-up to ``config.learning_rate``, then cosine decay over the remaining steps."""
+    """Linear warm-up to ``config.learning_rate``, then cosine decay over the remaining steps.
+
+    Example:
+        >>> schedule = learning_rate_schedule(TrainConfig(epochs=10), steps_per_epoch=100)
+        >>> float(schedule(0))
+        0.0
+    """
     total = max(1, int(config.epochs * steps_per_epoch))
     warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
     return keras.optimizers.schedules.CosineDecay(
@@ -44,6 +53,10 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
 
     Labels are one-hot (as :func:`tinymoe.augment.make_dataset` yields them); the model
     returns logits. A mixture of experts adds its load-balancing loss itself.
+
+    Example:
+        >>> compile_for_training(model, TrainConfig(), steps_per_epoch=111)
+        >>> model.fit(train, epochs=30)
     """
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate_schedule(config, steps_per_epoch),
@@ -93,6 +106,9 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
 
     Returns:
         the Keras ``History``.
+
+    Example:
+        >>> history = fit(model, train, val, TrainConfig(epochs=10), out_dir="runs/dense")
     """
     steps = train_data.cardinality().numpy()
     if steps <= 0:

@@ -13,7 +13,15 @@ _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
 
 
 class TflmUnsupportedError(ValueError):
-    """A model that TFLite Micro cannot run; ``missing_ops`` names the ops it lacks."""
+    """A model that TFLite Micro cannot run; ``missing_ops`` names the ops it lacks.
+
+    Example:
+        >>> try:
+        ...     to_tflite(model_with_gelu, images)
+        ... except TflmUnsupportedError as error:
+        ...     print(error.missing_ops)
+        ('GELU',)
+    """
 
     def __init__(self, message, missing_ops=()):
         super().__init__(message)
@@ -28,6 +36,10 @@ class TflmCheck:
         ok: the model allocated and invoked.
         missing_ops: builtin ops TFLite Micro has no kernel for.
         message: what went wrong, in words ("" when ok).
+
+    Example:
+        >>> check_tflm(tflite_bytes)
+        TflmCheck(ok=True, missing_ops=(), message='')
     """
 
     ok: bool

@@ -19,7 +19,12 @@ _RESOLVER_NAMES = {"BATCH_MATMUL": "BatchMatMul", "CUMSUM": "CumSum",
 
 
 def resolver_method(op_name):
-    """``"DEPTHWISE_CONV_2D"`` -> ``"AddDepthwiseConv2D"`` (MicroMutableOpResolver)."""
+    """``"DEPTHWISE_CONV_2D"`` -> ``"AddDepthwiseConv2D"`` (MicroMutableOpResolver).
+
+    Example:
+        >>> resolver_method("CONV_2D")
+        'AddConv2D'
+    """
     name = _RESOLVER_NAMES.get(op_name) or "".join(
         part if part[:1].isdigit() else part[:1] + part[1:].lower()
         for part in op_name.split("_"))
@@ -47,7 +52,12 @@ def _tensor_params(details):
 
 
 def arena_with_margin(measured, margin=0.1):
-    """``measured`` plus ``margin`` (a share), rounded up to 1 KiB."""
+    """``measured`` plus ``margin`` (a share), rounded up to 1 KiB.
+
+    Example:
+        >>> arena_with_margin(100_000, 0.1)
+        110592
+    """
     return int(math.ceil(measured * (1.0 + margin) / 1024.0) * 1024)
 
 
@@ -61,6 +71,11 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         labels: class names, one per output; None gives ``class_0, class_1, ...``.
         arena_bytes: the measured smallest arena; None measures it (:func:`smallest_arena`).
         arena_margin: share added to the measured arena in ``kTensorArenaSize``.
+
+    Example:
+        >>> sources = firmware_sources(tflite_bytes, name="birds", labels=class_names)
+        >>> sorted(sources)[:2]
+        ['labels.cc', 'labels.h']
     """
     from ai_edge_litert.interpreter import Interpreter
 

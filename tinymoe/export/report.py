@@ -15,7 +15,11 @@ ARENA_NOTE = ("Arena measured by the TFLite Micro Python interpreter (host, 64-b
 
 
 class ArenaError(ValueError):
-    """The tensor arena a model needs does not fit the limit given."""
+    """The tensor arena a model needs does not fit the limit given.
+
+    Example:
+        >>> report(tflite_bytes, arena_limit=320 * 1024)  # raises ArenaError if larger
+    """
 
 
 def op_table(tflite_bytes):
@@ -28,6 +32,10 @@ def op_table(tflite_bytes):
 
     Returns:
         list of dict: ``op``, ``macs``, ``output_shape``.
+
+    Example:
+        >>> op_table(tflite_bytes)[0]
+        {'op': 'CONV_2D', 'macs': 442368, 'output_shape': [1, 64, 64, 16]}
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -56,7 +64,12 @@ def op_table(tflite_bytes):
 
 
 def weight_bytes(tflite_bytes):
-    """Bytes of constant data (weights, biases, quantisation tables) in the flatbuffer."""
+    """Bytes of constant data (weights, biases, quantisation tables) in the flatbuffer.
+
+    Example:
+        >>> weight_bytes(tflite_bytes)
+        1129357
+    """
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
@@ -155,7 +168,11 @@ def report(tflite_bytes, arena=True, arena_limit=None):
 
 
 def format_report(result):
-    """A short text summary of :func:`report`, then the MACs of each op type."""
+    """A short text summary of :func:`report`, then the MACs of each op type.
+
+    Example:
+        >>> print(format_report(report(tflite_bytes)))
+    """
     lines = [f"flash (model bytes): {result['flash_bytes']:,}",
              f"  of which constant data: {result['weight_bytes']:,}"]
     if "arena_bytes" in result:

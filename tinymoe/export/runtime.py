@@ -4,14 +4,24 @@ import numpy as np
 
 
 def quantize(x, scale, zero_point, dtype=np.int8):
-    """Float values to integers with a tensor's scale and zero point (rounded, clipped)."""
+    """Float values to integers with a tensor's scale and zero point (rounded, clipped).
+
+    Example:
+        >>> quantize([0.5, -1.0], scale=0.01, zero_point=0)
+        array([  50, -100], dtype=int8)
+    """
     info = np.iinfo(dtype)
     q = np.round(np.asarray(x, dtype=np.float32) / scale) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def dequantize(q, scale, zero_point):
-    """Integers back to floats with a tensor's scale and zero point."""
+    """Integers back to floats with a tensor's scale and zero point.
+
+    Example:
+        >>> dequantize([50, -100], scale=0.01, zero_point=0)
+        array([ 0.5, -1. ], dtype=float32)
+    """
     return (np.asarray(q, dtype=np.float32) - zero_point) * scale
 
 
@@ -80,6 +90,9 @@ def litert_invoke(tflite_bytes, x, quantized_input=False, dequantize_output=True
             ported; they agree with TFLite Micro bit for bit. LiteRT's optimised kernels
             round some products differently (1 LSB per op), which adds up over a deep model.
         Other arguments as :func:`tflm_invoke`.
+
+    Example:
+        >>> logits = litert_invoke(tflite_bytes, images[:4])
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -99,7 +112,12 @@ def litert_invoke(tflite_bytes, x, quantized_input=False, dequantize_output=True
 
 
 def op_names(tflite_bytes):
-    """The builtin op names of a ``.tflite`` model, in execution order."""
+    """The builtin op names of a ``.tflite`` model, in execution order.
+
+    Example:
+        >>> op_names(tflite_bytes)[:2]
+        ['CONV_2D', 'LOGISTIC']
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=bytes(tflite_bytes))

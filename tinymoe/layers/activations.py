@@ -33,6 +33,11 @@ def get_activation(name):
 
 
 def check_activation(name):
-    """Validates an activation name early, in a layer's ``__init__``."""
+    """Validates an activation name early, in a layer's ``__init__``.
+
+    Example:
+        >>> check_activation("hard_swish")
+        'hard_swish'
+    """
     get_activation(name)
     return name

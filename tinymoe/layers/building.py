@@ -8,6 +8,10 @@ def build_sublayer(layer, input_shape):
 
     Called from a parent's ``build``, this gives the sublayer's weights names such as
     ``stage4_mvit/transformer_3/attn/qkv/kernel:0`` rather than ``stage4_mvit/kernel:0``.
+
+    Example:
+        >>> def build(self, input_shape):
+        ...     build_sublayer(self.conv, input_shape)
     """
     with tf.name_scope(layer.name):
         layer.build(input_shape)
@@ -20,6 +24,10 @@ class ScopedBuildMixin:
     Keras builds restored layers outside any name scope, so their sublayers' weights would be
     named ``kernel:0`` instead of ``stem/conv/kernel:0``; with this, names survive a round
     trip.
+
+    Example:
+        >>> class MyBlock(ScopedBuildMixin, keras.layers.Layer):
+        ...     ...
     """
 
     def build_from_config(self, config):
@@ -54,6 +62,10 @@ def kernel_slots(layer):
 
     Ordered by a depth-first walk of the sublayers, so two layers built from the same config
     list their kernels in the same order.
+
+    Example:
+        >>> [(owner.name, attribute) for owner, attribute, _ in kernel_slots(layer)][:1]
+        [('conv', 'kernel')]
     """
     slots, seen = [], set()
 

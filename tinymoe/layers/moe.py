@@ -131,6 +131,11 @@ def load_balancing_loss(probs, mask, top_k):
 
     ``f_e`` is the share of routing choices that went to expert e, ``p_e`` its mean router
     probability. It is 1 for perfectly uniform routing and E when one expert takes everything.
+
+    Example:
+        >>> probs = tf.fill([1, 1, 8, 4], 0.25)
+        >>> float(load_balancing_loss(probs, top_k_mask(probs, 1), 1))
+        1.0
     """
     num_experts = probs.shape[-1]
     axes = list(range(len(probs.shape) - 1))
@@ -325,7 +330,11 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
 
 def validate_moe_args(num_experts, top_k, routing, hidden_dim=1):
-    """Raises a ValueError naming the bad value in a mixture-of-experts configuration."""
+    """Raises a ValueError naming the bad value in a mixture-of-experts configuration.
+
+    Example:
+        >>> validate_moe_args(num_experts=4, top_k=5, routing="patch")  # ValueError
+    """
     if int(num_experts) < 1:
         raise ValueError(f"num_experts must be at least 1, got {num_experts}.")
     if not 1 <= int(top_k) <= int(num_experts):
@@ -337,7 +346,11 @@ def validate_moe_args(num_experts, top_k, routing, hidden_dim=1):
 
 
 def validate_dispatch(dispatch, capacity_factor, top_k, num_experts):
-    """Raises a ValueError naming the bad value of a dispatch configuration."""
+    """Raises a ValueError naming the bad value of a dispatch configuration.
+
+    Example:
+        >>> validate_dispatch("sparse", 1.25, top_k=2, num_experts=4)  # ValueError
+    """
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}.")
     if dispatch == "sparse" and int(top_k) != 1:

@@ -16,6 +16,12 @@ def patch_grid(height, width, patch_size, pad):
 
     Raises:
         ValueError: the size is not a multiple of ``patch_size`` and ``pad`` is False.
+
+    Example:
+        >>> patch_grid(6, 6, 2, pad=True)
+        (6, 6)
+        >>> patch_grid(3, 3, 2, pad=True)
+        (4, 4)
     """
     padded_h = -(-height // patch_size) * patch_size
     padded_w = -(-width // patch_size) * patch_size

@@ -12,7 +12,12 @@ _REGISTRY = {}
 
 
 def register_model(name, config):
-    """Adds a named variant (a :class:`MobileViTV2Config`) to the registry."""
+    """Adds a named variant (a :class:`MobileViTV2Config`) to the registry.
+
+    Example:
+        >>> register_model("mobilevit_v2_moe8_050", MobileViTV2Config(
+        ...     width=0.5, moe=MoEConfig(num_experts=8)))
+    """
     if name in _REGISTRY:
         raise ValueError(f"A model named {name!r} is already registered.")
     _REGISTRY[name] = config
@@ -30,7 +35,12 @@ def list_models():
 
 
 def get_config(name):
-    """The :class:`MobileViTV2Config` registered as ``name``."""
+    """The :class:`MobileViTV2Config` registered as ``name``.
+
+    Example:
+        >>> get_config("mobilevit_v2_moe_050").moe.num_experts
+        4
+    """
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

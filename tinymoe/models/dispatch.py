@@ -20,7 +20,12 @@ def _set_dispatch(config, settings):
 
 
 def has_experts(model):
-    """True when ``model`` holds at least one :class:`MoEFeedForward`."""
+    """True when ``model`` holds at least one :class:`MoEFeedForward`.
+
+    Example:
+        >>> has_experts(create_model("mobilevit_v2_moe_050"))
+        True
+    """
     return any(isinstance(layer, MoEFeedForward) for layer in model._flatten_layers())
 
 

@@ -37,6 +37,9 @@ class MoEConfig:
             width, so that experts can start as copies of a trained dense feed-forward.
         aux_loss_weight: load-balancing loss weight (0 disables).
         normalize_gates: renormalise the gates over the chosen experts.
+
+    Example:
+        >>> MoEConfig(num_experts=8, top_k=2, layers=((5, -1),), routing="token")
     """
 
     num_experts: int = 4
@@ -74,6 +77,9 @@ class MobileViTV2Config:
         expand_ratio: expansion of the inverted residual blocks.
         bn_momentum: batch norm momentum.
         dropout: dropout before the classifier.
+
+    Example:
+        >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
     """
 
     width: float = 1.0
@@ -152,7 +158,11 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
 
 
 def check_input_shape(input_shape):
-    """Returns ``input_shape`` as a tuple of ints, or raises a ValueError naming the problem."""
+    """Returns ``input_shape`` as a tuple of ints, or raises a ValueError naming the problem.
+
+    Example:
+        >>> check_input_shape((100, 100, 3))  # ValueError: not a multiple of 32
+    """
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}.")

@@ -24,6 +24,9 @@ def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
 
     Returns:
         list of dicts with the keys of ``COLUMNS`` (plus ``tflm_message`` when it fails).
+
+    Example:
+        >>> rows = summarize_models(["mobilevit_v2_050"], input_size=96, num_classes=10)
     """
     names = list(names or list_models())
     rng = np.random.default_rng(seed)
@@ -44,7 +47,11 @@ def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
 
 
 def format_table(rows):
-    """A Markdown table of :func:`summarize_models` rows, numbers with thousands separators."""
+    """A Markdown table of :func:`summarize_models` rows, numbers with thousands separators.
+
+    Example:
+        >>> print(format_table(summarize_models()))
+    """
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in COLUMNS]

@@ -52,6 +52,11 @@ def read_routing(model, images, batch_size=32):
     Returns:
         dict from ``"<block>/transformer_<i>"`` to ``{"probs", "gates", "experts"}`` numpy
         arrays of shape ``[B, 1 or P, N, E]`` (``experts``: ``[B, 1 or P, N, top_k]``).
+
+    Example:
+        >>> routing = read_routing(moe_model, images[:8])
+        >>> sorted(routing)
+        ['stage4_mvit/transformer_3', 'stage5_mvit/transformer_2']
     """
     _, infos = trace(model, images, batch_size)
     return {key: info["routing"] for key, info in infos.items() if "routing" in info}

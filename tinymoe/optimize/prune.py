@@ -64,7 +64,11 @@ def prune(model, target_sparsity, end_step, begin_step=0, frequency=50,
 
 
 def pruning_callbacks(log_dir=None):
-    """The callbacks a ``fit`` of a pruned model needs: tfmot's step update (and summaries)."""
+    """The callbacks a ``fit`` of a pruned model needs: tfmot's step update (and summaries).
+
+    Example:
+        >>> pruned.fit(train, epochs=2, callbacks=pruning_callbacks())
+    """
     callbacks = [_sparsity().UpdatePruningStep()]
     if log_dir:
         callbacks.append(_sparsity().PruningSummaries(log_dir=log_dir))
@@ -72,7 +76,13 @@ def pruning_callbacks(log_dir=None):
 
 
 def strip_pruning(model):
-    """The plain model inside a pruned one, with every mask applied to its weights."""
+    """The plain model inside a pruned one, with every mask applied to its weights.
+
+    Example:
+        >>> model = strip_pruning(pruned)
+        >>> sparsity_report(model)["sparsity"]
+        0.5
+    """
     sparsity = _sparsity()
     from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 

@@ -94,6 +94,9 @@ class LayerQuantizeConfig(_tfmot().quantization.keras.QuantizeConfig):
     Args:
         preserve_sparsity: keep pruned zeros at zero during QAT.
         quantize_output: fake-quantise the layer's output.
+
+    Example:
+        >>> quantize_annotate_layer(layer, LayerQuantizeConfig(preserve_sparsity=True))
     """
 
     def __init__(self, preserve_sparsity=False, quantize_output=True):
@@ -189,6 +192,10 @@ def unquantized_layers(model):
 
     A layer counts as quantised when tfmot wrapped it (QuantizeWrapper) or it is tfmot's own
     input quantiser; the model's InputLayer carries no computation.
+
+    Example:
+        >>> unquantized_layers(quantize_aware(model))
+        []
     """
     quant = _tfmot().quantization.keras
     from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
@@ -198,7 +205,12 @@ def unquantized_layers(model):
 
 
 def is_quantize_aware(model):
-    """True when ``model`` holds tfmot quantisation wrappers (made by :func:`quantize_aware`)."""
+    """True when ``model`` holds tfmot quantisation wrappers (made by :func:`quantize_aware`).
+
+    Example:
+        >>> is_quantize_aware(quantize_aware(model))
+        True
+    """
     quant = _tfmot().quantization.keras
     return any(isinstance(layer, quant.QuantizeWrapper) for layer in model.layers)
 
