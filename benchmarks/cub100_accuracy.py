@@ -13,17 +13,14 @@ Smoke run (minutes):
 
 import argparse
 import dataclasses
-import os
-import platform
-import sys
 import time
 
 import numpy as np
+from common import run_meta, write_results
 
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
-from tinymoe.files import atomic_path, write_json
 from tinymoe.models import MoEConfig
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
@@ -126,15 +123,9 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:
         rows.extend(run_seed(data, seed, args, f"{args.out}/runs"))
-    meta = {"command": "python " + " ".join(sys.argv), "size": args.size,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                       f"{platform.python_version()}, tensorflow {tinymoe.tf.__version__}",
-            "wall_s": round(time.time() - start, 1), "seeds": args.seeds,
-            "images": {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}}
-    write_json(f"{args.out}.json", {"meta": meta, "rows": rows})
-    with atomic_path(f"{args.out}.md") as tmp, open(tmp, "w") as handle:
-        handle.write(markdown(rows, meta))
-    print(markdown(rows, meta))
+    meta = run_meta(start, size=args.size, seeds=args.seeds,
+                    images={s: int((data.splits == s).sum()) for s in ("train", "val", "test")})
+    write_results(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
 
 
 if __name__ == "__main__":

@@ -20,17 +20,13 @@ Examples:
 """
 
 import argparse
-import os
-import platform
-import sys
 import time
 
 import numpy as np
+from common import run_meta, write_results
 
-import tinymoe
 from tinymoe.data import load_dataset
 from tinymoe.export import report, to_tflite
-from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.pipeline import evaluate, evaluate_tflite, load_model, optimize_run
 
@@ -127,15 +123,8 @@ def main(argv=None):
     else:
         models = [tuple(item.split("=", 1)) for item in args.model]
         rows = accuracy_part(models, args.data, args.size, args.qat_epochs, args.out)
-    meta = {"command": "python " + " ".join(sys.argv), "size": args.size,
-            "qat_epochs": args.qat_epochs,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                       f"{platform.python_version()}, tensorflow {tinymoe.tf.__version__}",
-            "wall_s": round(time.time() - start, 1)}
-    write_json(f"{args.out}.json", {"meta": meta, "rows": rows})
-    with atomic_path(f"{args.out}.md") as tmp, open(tmp, "w") as handle:
-        handle.write(markdown(args.part, rows, meta))
-    print(markdown(args.part, rows, meta))
+    meta = run_meta(start, size=args.size, qat_epochs=args.qat_epochs)
+    write_results(args.out, {"meta": meta, "rows": rows}, markdown(args.part, rows, meta))
 
 
 if __name__ == "__main__":

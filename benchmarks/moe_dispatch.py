@@ -15,41 +15,46 @@ Example:
 """
 
 import argparse
-import os
-import platform
 import sys
 import time
 
 import numpy as np
+from common import run_meta, write_results
 
-import tinymoe
 from tinymoe.backend import keras
 from tinymoe.data import load_dataset
 from tinymoe.export import op_table, quantize, tflm_invoke, to_tflite
-from tinymoe.files import atomic_path, write_json
 from tinymoe.layers import MoEFeedForward
 from tinymoe.models import create_model, trace, with_dispatch
 from tinymoe.pipeline import load_model
 
 
-def agreement(model, data, capacity_factors):
-    """Top-1 agreement of the sparse int8 model (each capacity factor) with the masked one."""
+def agreement(model, data, capacity_factors, priority="gate"):
+    """Top-1 agreement of the sparse int8 model (each capacity factor) with the masked one,
+    and of both with the float model (whose masked and sparse forms are equal without
+    overflow)."""
     x_train, _ = data.split("train")
     x_val, y_val = data.split("val")
 
     def predictions(dispatch, capacity_factor=1.25):
-        tflite_bytes = to_tflite(with_dispatch(model, dispatch, capacity_factor), x_train[:200])
+        tflite_bytes = to_tflite(with_dispatch(model, dispatch, capacity_factor, priority),
+                                 x_train[:200])
         return np.argmax(tflm_invoke(tflite_bytes, x_val), axis=1)
 
+    float_top1 = np.argmax(model.predict(x_val.astype(np.float32), verbose=0), axis=1)
     masked = predictions("masked")
     rows = []
     for capacity_factor in capacity_factors:
         sparse = predictions("sparse", capacity_factor)
         rows.append({"capacity_factor": capacity_factor,
                      "agreement": float(np.mean(masked == sparse)),
+                     "sparse_agreement_with_float": float(np.mean(sparse == float_top1)),
                      "sparse_int8_val_top1": float(np.mean(sparse == y_val))})
         print(rows[-1], flush=True)
-    return {"val_images": int(len(y_val)), "masked_int8_val_top1": float(np.mean(masked == y_val)),
+    return {"val_images": int(len(y_val)), "priority": priority,
+            "masked_int8_val_top1": float(np.mean(masked == y_val)),
+            "float_val_top1": float(np.mean(float_top1 == y_val)),
+            "masked_agreement_with_float": float(np.mean(masked == float_top1)),
             "capacity_factors": rows}
 
 
@@ -109,6 +114,9 @@ def main(argv=None):
     parser.add_argument("--agreement-factors", type=float, nargs="+",
                         default=[1.25, 1.5, 2.0, 4.0],
                         help="capacity factors whose int8 agreement with masked is measured")
+    parser.add_argument("--priority", choices=("gate", "order"), default="gate",
+                        help="which patches keep their slots at overflow")
+    parser.add_argument("--part", choices=("all", "agreement"), default="all")
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -116,8 +124,26 @@ def main(argv=None):
 
     trained = load_model(args.model)
     data = load_dataset(args.data, args.size)
-    result = {"agreement": agreement(trained, data, args.agreement_factors)}
+    result = {"agreement": agreement(trained, data, args.agreement_factors, args.priority)}
     print(result, flush=True)
+    a = result["agreement"]
+    lines = ["# Sparse vs masked MoE dispatch (int8, TFLite Micro)", "",
+             "Command: `python " + " ".join(sys.argv) + "`  ", "",
+             f"Top-1 agreement of the sparse and masked int8 flagship on cub100 val "
+             f"({a['val_images']} images, {args.size}x{args.size}; overflow priority "
+             f"{a['priority']}). Float val top-1 {a['float_val_top1']:.3f}; masked int8 "
+             f"{a['masked_int8_val_top1']:.3f}, agreeing with float on "
+             f"{a['masked_agreement_with_float']:.4f}.", "",
+             "| capacity factor | sparse vs masked int8 | sparse int8 vs float | "
+             "sparse val top-1 |", "|---|---|---|---|",
+             *[f"| {r['capacity_factor']} | {r['agreement']:.4f} | "
+               f"{r['sparse_agreement_with_float']:.4f} | {r['sparse_int8_val_top1']:.3f} |"
+               for r in a["capacity_factors"]], ""]
+    if args.part == "agreement":
+        meta = run_meta(start, capacity_factor=args.capacity_factor)
+        lines[3:3] = [f"Machine: {meta['machine']}; wall time {meta['wall_s']} s  "]
+        write_results(args.out, {"meta": meta, **result}, "\n".join(lines) + "\n")
+        return
 
     size = args.latency_size
     flagship = create_model("mobilevit_v2_moe_050", num_classes=data.num_classes,
@@ -144,25 +170,14 @@ def main(argv=None):
         "flagship_sparse_over_dense": ms["flagship_sparse"] / ms["dense_050"],
         "flagship_sparse_over_masked": ms["flagship_sparse"] / ms["flagship_masked"],
     }
-    meta = {"command": "python " + " ".join(sys.argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                       f"{platform.python_version()}, tensorflow {tinymoe.tf.__version__}, "
-                       "TFLite Micro host interpreter (reference kernels)",
-            "capacity_factor": args.capacity_factor, "wall_s": round(time.time() - start, 1)}
-    write_json(f"{args.out}.json", {"meta": meta, **result})
-    a, lat = result["agreement"], result["latency"]
-    lines = ["# Sparse vs masked MoE dispatch (int8, TFLite Micro)", "",
-             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
-             f"Capacity factor {args.capacity_factor}; wall time {meta['wall_s']} s", "",
-             f"Top-1 agreement of the sparse and masked int8 flagship on cub100 val "
-             f"({a['val_images']} images, {args.size}x{args.size}; masked val top-1 "
-             f"{a['masked_int8_val_top1']:.3f}):", "",
-             "| capacity factor | agreement with masked | sparse val top-1 |", "|---|---|---|",
-             *[f"| {r['capacity_factor']} | {r['agreement']:.4f} | "
-               f"{r['sparse_int8_val_top1']:.3f} |" for r in a["capacity_factors"]], "",
-             f"Host latency at {size}x{size}, median of {args.runs} alternating runs; "
-             f"MoE layer: {lat['moe_layer']}, tokens {lat['moe_layer_tokens']}.", "",
-             "| model | MACs | median ms |", "|---|---|---|"]
+    meta = run_meta(start, capacity_factor=args.capacity_factor)
+    meta["machine"] += ", TFLite Micro host interpreter"
+    lat = result["latency"]
+    lines[3:3] = [f"Machine: {meta['machine']}; capacity factor {args.capacity_factor}; "
+                  f"wall time {meta['wall_s']} s  "]
+    lines += [f"Host latency at {size}x{size}, median of {args.runs} alternating runs; "
+              f"MoE layer: {lat['moe_layer']}, tokens {lat['moe_layer_tokens']}.", "",
+              "| model | MACs | median ms |", "|---|---|---|"]
     for name in models:
         lines.append(f"| {name} | {macs[name]:,} | {ms[name]:.2f} |")
     lines += ["", f"- MoE layer alone, sparse / masked: "
@@ -170,9 +185,7 @@ def main(argv=None):
               f"- whole flagship, sparse / dense backbone (mobilevit_v2_050): "
               f"{lat['flagship_sparse_over_dense']:.3f} (target <= 1.3)",
               f"- whole flagship, sparse / masked: {lat['flagship_sparse_over_masked']:.3f}"]
-    with atomic_path(f"{args.out}.md") as tmp, open(tmp, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, {"meta": meta, **result}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,14 @@ def data():
     return synthetic_images(64, SIZE, CLASSES, seed=1)
 
 
-@pytest.fixture(scope="module", params=list_models())
+# The wider dense variants use the same layers as mobilevit_v2_050 and cost two minutes more
+# on 2 cores: they run with `make test-slow`.
+WIDE = {"mobilevit_v2_075", "mobilevit_v2_100"}
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=pytest.mark.slow) if name in WIDE else name
+    for name in list_models()])
 def trained(request, data):
     """A registered model after a few fit steps on the tiny synthetic set, and its int8 model."""
     keras.utils.set_random_seed(0)

@@ -84,7 +84,7 @@ def test_firmware_files_are_complete_and_deterministic(model_and_tflite, measure
     ops = sorted({row["op"] for row in op_table(tflite_bytes)})
     assert re.findall(r"resolver\.(Add\w+)\(\) != kTfLiteOk", resolver) == [
         resolver_method(op) for op in ops]
-    assert f"MicroMutableOpResolver<kNumOpTypes>" in resolver
+    assert "MicroMutableOpResolver<kNumOpTypes>" in resolver
     assert f"constexpr int kNumOpTypes = {len(ops)};" in resolver
     assert resolver_method("DEPTHWISE_CONV_2D") == "AddDepthwiseConv2D"
     assert resolver_method("BATCH_MATMUL") == "AddBatchMatMul"

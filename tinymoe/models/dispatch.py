@@ -1,6 +1,5 @@
 """Choosing how the mixture-of-experts layers of a trained model run at inference."""
 
-from tinymoe.backend import keras
 from tinymoe.layers.moe import MoEFeedForward, validate_dispatch
 
 
