@@ -93,7 +93,8 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    """`make demo` runs `tinymoe demo`: dense -> upcycle -> fine-tune -> figures (minutes)."""
+    """`make demo` runs `tinymoe demo`: dense -> upcycle -> fine-tune -> figures -> QAT ->
+    int8 in TFLite Micro -> firmware files (minutes)."""
     assert main(["demo", "--out", str(tmp_path), "--dense-epochs", "3", "--moe-epochs", "1"]) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert summary["dense"]["val_accuracy"] > 0.5
@@ -101,3 +102,5 @@ def test_demo_runs_end_to_end(tmp_path):
     for layer in summary["analysis"].values():
         for path in layer["files"]:
             assert os.path.getsize(path) > 0
+    assert summary["int8"]["dispatch"] == "sparse" and summary["int8"]["int8_tflm_top1"] > 0.5
+    assert (tmp_path / "firmware" / "model_data.cc").stat().st_size > 100_000

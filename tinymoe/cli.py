@@ -161,8 +161,14 @@ def _demo(args):
     print("| model | params | MACs | val top-1 |\n|---|---|---|---|")
     for label, row in (("dense MobileViTv2-0.5", dense), ("cluster-upcycled MoE-0.5", moe)):
         print(f"| {label} | {row['params']:,} | {row['macs']:,} | {row['val_accuracy']:.3f} |")
+    int8 = summary["int8"]
+    print(f"| MoE-0.5, QAT int8 in TFLite Micro ({int8['dispatch']} dispatch) | | "
+          f"{int8['macs']:,} | {int8['int8_tflm_top1']:.3f} |")
     for key, layer in summary["analysis"].items():
         print(f"{key}: expert load {layer['load']}; figures in {os.path.dirname(layer['files'][0])}")
+    print(f"int8 model: {int8['flash_bytes']:,} bytes flash, {int8['arena_bytes']:,} bytes "
+          f"arena (measured in TFLite Micro); firmware files in "
+          f"{os.path.join(args.out, 'firmware')}")
     return 0
 
 
@@ -326,9 +332,10 @@ def build_parser():
     export.set_defaults(run=_export)
 
     demo = commands.add_parser(
-        "demo", help="the whole method on the built-in digits, in a few minutes",
+        "demo", help="the whole job on the built-in digits, in a few minutes",
         description="Dense training -> cluster-initialised upcycling -> MoE fine-tuning -> "
-                    "affinity figures, on scikit-learn's digits at 32x32.")
+                    "affinity figures -> QAT -> int8 in TFLite Micro -> firmware files, on "
+                    "scikit-learn's digits at 32x32.")
     demo.add_argument("--out", default="runs/demo", metavar="DIR")
     demo.add_argument("--dense-epochs", type=int, default=12)
     demo.add_argument("--moe-epochs", type=int, default=6)

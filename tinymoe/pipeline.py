@@ -169,11 +169,14 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
     return summary
 
 
-def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verbose=2):
-    """The whole method on scikit-learn's digits, in a few minutes on 2 cores.
+def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, qat_epochs=1,
+         verbose=2):
+    """The whole job on scikit-learn's digits, in a few minutes on 2 cores.
 
     Dense MobileViTv2-0.5 -> cluster-initialised MoE (4 experts, top-1) -> fine-tuning ->
-    affinity figures. Returns a summary dict and writes everything under ``out_dir``.
+    affinity figures -> quantisation-aware training -> int8 with sparse expert dispatch,
+    checked in TFLite Micro -> firmware files (``out_dir/firmware``). Returns a summary dict
+    and writes everything under ``out_dir``.
 
     Example:
         >>> summary = demo("runs/demo")
@@ -195,7 +198,15 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, verb
     _, moe_summary = train_run(moe_path, data, os.path.join(out_dir, "moe"), moe_train,
                                augment, verbose)
     analysis = analyze_run(moe_summary["best"], data, os.path.join(out_dir, "analysis"))
-    summary = {"dense": dense_summary, "moe": moe_summary, "analysis": analysis}
+    tflite_bytes, int8_summary = optimize_run(moe_summary["best"], data,
+                                              os.path.join(out_dir, "int8"),
+                                              qat_epochs=qat_epochs, verbose=verbose)
+    from tinymoe.export import write_firmware
+
+    write_firmware(tflite_bytes, os.path.join(out_dir, "firmware"), name="digits",
+                   labels=data.class_names, arena_bytes=int8_summary["arena_bytes"])
+    summary = {"dense": dense_summary, "moe": moe_summary, "analysis": analysis,
+               "int8": int8_summary}
     write_json(os.path.join(out_dir, "demo_summary.json"), summary)
     return summary
 
