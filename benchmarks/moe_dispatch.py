@@ -2,7 +2,8 @@
 writes JSON and a Markdown table.
 
 1. Agreement: the trained flagship converted twice (masked, sparse), top-1 agreement of the
-   two int8 models on the cub100 validation split, run in TFLite Micro.
+   two int8 models on the cub100 validation split, run in TFLite Micro, and the share of
+   patches over their expert's capacity in each MoE layer (from the float routing).
 2. Host latency in the TFLite Micro interpreter, all models in one process, invoked in turn
    (alternating), median of --runs invocations each: the flagship's largest MoE layer alone
    (masked and sparse), the whole flagship (masked and sparse) and the dense backbone of the
@@ -43,10 +44,12 @@ def agreement(model, data, capacity_factors, priority="gate"):
 
     float_top1 = np.argmax(model.predict(x_val.astype(np.float32), verbose=0), axis=1)
     masked = predictions("masked")
+    routing = moe_routing(model, x_val)
     rows = []
     for capacity_factor in capacity_factors:
         sparse = predictions("sparse", capacity_factor)
         rows.append({"capacity_factor": capacity_factor,
+                     "dropped_patch_share": dropped_shares(routing, capacity_factor),
                      "agreement": float(np.mean(masked == sparse)),
                      "sparse_agreement_with_float": float(np.mean(sparse == float_top1)),
                      "sparse_int8_val_top1": float(np.mean(sparse == y_val))})
@@ -56,6 +59,29 @@ def agreement(model, data, capacity_factors, priority="gate"):
             "float_val_top1": float(np.mean(float_top1 == y_val)),
             "masked_agreement_with_float": float(np.mean(masked == float_top1)),
             "capacity_factors": rows}
+
+
+def moe_routing(model, images):
+    """{MoE layer: (layer, chosen expert [images, patches])} of the float model."""
+    _, infos = trace(model, images.astype(np.float32))
+    layers = {f"{block.name}/transformer_{i}": layer.ffn for block in model.layers
+              for i, layer in enumerate(getattr(block, "transformer", []))
+              if isinstance(layer.ffn, MoEFeedForward)}
+    return {name: (layer, infos[name]["routing"]["experts"][:, 0, :, 0])
+            for name, layer in layers.items()}
+
+
+def dropped_shares(routing, capacity_factor):
+    """{MoE layer: share of patches over their expert's capacity} (sparse dispatch)."""
+    shares = {}
+    for name, (layer, experts) in routing.items():
+        patches = experts.shape[1]
+        capacity = MoEFeedForward(num_experts=layer.num_experts,
+                                  capacity_factor=capacity_factor).capacity(patches)
+        counts = np.stack([np.sum(experts == e, axis=1) for e in range(layer.num_experts)])
+        shares[f"{name} ({patches} patches, capacity {capacity})"] = float(
+            np.maximum(counts - capacity, 0).sum() / experts.size)
+    return shares
 
 
 def largest_moe_layer(model, images):
@@ -134,11 +160,12 @@ def main(argv=None):
              f"{a['priority']}). Float val top-1 {a['float_val_top1']:.3f}; masked int8 "
              f"{a['masked_int8_val_top1']:.3f}, agreeing with float on "
              f"{a['masked_agreement_with_float']:.4f}.", "",
-             "| capacity factor | sparse vs masked int8 | sparse int8 vs float | "
-             "sparse val top-1 |", "|---|---|---|---|",
-             *[f"| {r['capacity_factor']} | {r['agreement']:.4f} | "
-               f"{r['sparse_agreement_with_float']:.4f} | {r['sparse_int8_val_top1']:.3f} |"
-               for r in a["capacity_factors"]], ""]
+             "| capacity factor | patches over capacity, per MoE layer | sparse vs masked "
+             "int8 | sparse int8 vs float | sparse val top-1 |", "|---|---|---|---|---|",
+             *[f"| {r['capacity_factor']} | "
+               + "; ".join(f"{k}: {v:.1%}" for k, v in r["dropped_patch_share"].items())
+               + f" | {r['agreement']:.4f} | {r['sparse_agreement_with_float']:.4f} | "
+               f"{r['sparse_int8_val_top1']:.3f} |" for r in a["capacity_factors"]], ""]
     if args.part == "agreement":
         meta = run_meta(start, capacity_factor=args.capacity_factor)
         lines[3:3] = [f"Machine: {meta['machine']}; wall time {meta['wall_s']} s  "]

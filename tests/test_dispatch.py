@@ -35,11 +35,15 @@ def test_gate_priority_keeps_the_patches_the_router_is_surest_of():
     assert slot.numpy().tolist() == [2, 0, 3, 6, 1]  # the tie goes to the lower index
 
 
-@pytest.mark.parametrize("routing", ["patch", "token"])
-def test_sparse_equals_masked_when_no_patch_overflows(routing):
+@pytest.mark.parametrize("routing,normalize_gates", [("patch", False), ("token", False),
+                                                    ("patch", True)])
+def test_sparse_equals_masked_when_no_patch_overflows(routing, normalize_gates):
     x = np.random.default_rng(2).normal(size=(3, 4, 6, 8)).astype(np.float32)
-    layer = randomised(MoEFeedForward(num_experts=3, hidden_dim=8, routing=routing), x)
+    layer = randomised(MoEFeedForward(num_experts=3, hidden_dim=8, routing=routing,
+                                      normalize_gates=normalize_gates), x)
     masked = layer(x).numpy()
+    # A batch of one (the exported graph) takes the slot form of the masked dispatch.
+    np.testing.assert_allclose(layer(x[:1]).numpy(), masked[:1], rtol=1e-5, atol=1e-5)
     layer.dispatch, layer.capacity_factor = "sparse", 3.0  # capacity = every patch
     np.testing.assert_allclose(layer(x).numpy(), masked, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer(x, training=True).numpy(), masked, rtol=1e-5, atol=1e-5)
@@ -111,6 +115,38 @@ def test_sparse_int8_moe_costs_about_capacity_factor_feed_forwards_in_tflm():
     # differently: a handful of values 2 LSB apart, none more.
     difference = np.abs(tflm - litert)
     assert difference.max() <= 2 and np.mean(difference > 1) < 1e-3
+
+
+def test_int8_sparse_and_masked_differ_only_where_a_patch_overflows():
+    """Both int8 forms quantise each expert alike: bit-identical when every patch fits."""
+    positions, patches, dim = 4, 8, 16
+    x = np.random.default_rng(6).normal(size=(24, positions, patches, dim)).astype(np.float32)
+    tflite, int8, real = {}, {}, {}
+    for name, factor in (("masked", 1.25), ("roomy", 4.0), ("tight", 1.0)):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((positions, patches, dim), batch_size=1)
+        layer = MoEFeedForward(num_experts=4, hidden_dim=16, capacity_factor=factor,
+                               dispatch="masked" if name == "masked" else "sparse")
+        model = keras.Model(inputs, layer(inputs))
+        tflite[name] = to_tflite(model, x)
+        int8[name] = tflm_invoke(tflite[name], x[:8], dequantize_output=False)
+        real[name] = tflm_invoke(tflite[name], x[:8])
+        floats = np.concatenate([model(x[i:i + 1]).numpy() for i in range(8)])
+        if name == "tight":
+            dropped = np.all(floats == 0, axis=(1, 3))  # [image, patch]: skipped the experts
+    np.testing.assert_array_equal(int8["roomy"], int8["masked"])
+    assert 0 < dropped.sum() < dropped.size
+    # With overflow the calibrated output range moves a little, so compare in real units.
+    step = tflite_output_scale(tflite["masked"])
+    difference = np.abs(real["tight"] - real["masked"]).max(axis=(1, 3))
+    assert np.all(difference[~dropped] <= 3 * step)  # requantisation of the output only
+    assert np.all(difference[dropped] > 10 * step)
+
+
+def tflite_output_scale(tflite_bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=tflite_bytes).get_output_details()[0]["quantization"][0]
 
 
 def test_cli_export_dispatch_needs_a_keras_model(tmp_path, capsys):

@@ -252,6 +252,11 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     def call(self, x, training=None):
         if self.dispatch == "sparse" and not training:
             return self.sparse_combine(x)
+        if not training and self.top_k == 1 and x.shape[0] == 1:
+            # The exported masked graph: every expert on every patch, through the sparse
+            # form's slots with room for all patches, so that both int8 forms quantise each
+            # expert alike and differ only where sparse dispatch drops a patch.
+            return self._sparse_one(x, full=True)
         probs = self.router_probs(x)
         gates, mask = self.gates(probs)
         if training and self.aux_loss_weight > 0:
@@ -287,21 +292,26 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             return self._sparse_one(x)
         return tf.map_fn(lambda item: self._sparse_one(item[None])[0], x)
 
-    def _sparse_one(self, x):
+    def _sparse_one(self, x, full=False):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         if self.routing == "token":  # every token is its own "patch"
             tokens = tf.reshape(x, [1, 1, positions * patches, dim])
-            return tf.reshape(self._sparse_one_patch(tokens), [1, positions, patches, dim])
-        return self._sparse_one_patch(x)
+            out = self._sparse_one_patch(tokens, full)
+            return tf.reshape(out, [1, positions, patches, dim])
+        return self._sparse_one_patch(x, full)
 
-    def _sparse_one_patch(self, x):
+    def _sparse_one_patch(self, x, full=False):
+        """Top-1 slot dispatch of one image; ``full`` gives every expert a slot per patch."""
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
-        experts, capacity = self.num_experts, self.capacity(x.shape[2])
+        experts = self.num_experts
+        capacity = patches if full else self.capacity(patches)
         probs = tf.reshape(self.router_probs(x), [patches, experts])
         chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
         gate = tf.reduce_max(probs, axis=-1)  # [n]
+        if self.normalize_gates:  # a renormalised single gate is 1
+            gate = gate / gate
         slot, source = dispatch_slots(chosen, experts, capacity,
-                                      gate if self.priority == "gate" else None)
+                                      gate if self.priority == "gate" and not full else None)
         tokens = tf.concat([x[0], tf.zeros([positions, 1, dim], x.dtype)], axis=1)  # [P, n+1, d]
         gathered = tf.gather(tokens, source, axis=1)  # [P, E*C, d]
         outputs = []
