@@ -8,7 +8,9 @@ gate (the router probability, optionally renormalised over the chosen experts).
 Two inference forms, both converting to ops TFLite Micro runs:
 
 - "masked" (also the training form): every expert runs on every token and the gates zero out
-  the experts a token was not routed to. Exact, costs E feed-forwards. The top-k choice is
+  the experts a token was not routed to. Exact, costs E feed-forwards. A top-1 batch of one
+  (the exported graph) runs it through the sparse form's slots with room for every patch,
+  so that the two int8 forms quantise each expert alike. The top-k choice is
   made with REDUCE_MAX, GREATER_EQUAL and CUMSUM (no TOPK_V2 or ONE_HOT).
 - "sparse" (top-1): each expert gets ``capacity = ceil(capacity_factor * patches / E)``
   slots; patches are gathered into their expert's slots, each expert runs on its slots
