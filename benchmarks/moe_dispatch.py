@@ -27,6 +27,7 @@ from tinymoe.backend import keras
 from tinymoe.data import load_dataset
 from tinymoe.export import op_table, quantize, tflm_invoke, to_tflite
 from tinymoe.layers import MoEFeedForward
+from tinymoe.layers.moe import expert_capacity
 from tinymoe.models import create_model, trace, with_dispatch
 from tinymoe.pipeline import load_model
 
@@ -80,8 +81,7 @@ def dropped_shares(routing, capacity_factor):
     shares = {}
     for name, (layer, experts) in routing.items():
         patches = experts.shape[1]
-        capacity = MoEFeedForward(num_experts=layer.num_experts,
-                                  capacity_factor=capacity_factor).capacity(patches)
+        capacity = expert_capacity(capacity_factor, patches, layer.num_experts)
         counts = np.stack([np.sum(experts == e, axis=1) for e in range(layer.num_experts)])
         shares[f"{name} ({patches} patches, capacity {capacity})"] = float(
             np.maximum(counts - capacity, 0).sum() / experts.size)

@@ -128,6 +128,17 @@ def dispatch_slots(experts, num_experts, capacity, gates=None):
     return slot, source
 
 
+def expert_capacity(capacity_factor, num_patches, num_experts):
+    """Slots per expert in sparse dispatch: ``ceil(capacity_factor * patches / E)``, at most
+    ``patches``.
+
+    Example:
+        >>> expert_capacity(1.25, 9, 4)
+        3
+    """
+    return min(num_patches, int(math.ceil(capacity_factor * num_patches / num_experts)))
+
+
 def load_balancing_loss(probs, mask, top_k):
     """The Switch-Transformer balancing loss ``E * sum_e f_e * p_e``.
 
@@ -285,8 +296,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def capacity(self, num_patches):
         """Slots per expert in sparse dispatch: ``ceil(capacity_factor * patches / E)``."""
-        return min(num_patches, int(math.ceil(self.capacity_factor * num_patches
-                                              / self.num_experts)))
+        return expert_capacity(self.capacity_factor, num_patches, self.num_experts)
 
     def sparse_combine(self, x):
         """Fixed-capacity top-1 dispatch (inference): each expert runs on its slots only."""
@@ -311,7 +321,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
         gate = tf.reduce_max(probs, axis=-1)  # [n]
         if self.normalize_gates:  # a renormalised single gate is 1
-            gate = gate / gate
+            gate = tf.ones_like(gate)
         slot, source = dispatch_slots(chosen, experts, capacity,
                                       gate if self.priority == "gate" and not full else None)
         tokens = tf.concat([x[0], tf.zeros([positions, 1, dim], x.dtype)], axis=1)  # [P, n+1, d]
