@@ -10,7 +10,9 @@ from tinymoe.analysis import (
 from tinymoe.cli import main
 from tinymoe.data import ImageData
 from tinymoe.files import atomic_path
+from tinymoe.layers import MoEFeedForward
 from tinymoe.models import create_model
+from tinymoe.pipeline import load_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,6 +88,15 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
                        "stage5_mvit_transformer_2_affinity.png",
                        "stage5_mvit_transformer_2_paper_affinity.png",
                        "stage5_mvit_transformer_2_patches.png"]
+    aware = tmp_path / "aware"
+    assert main(["train", "--model", str(out), "--out", str(aware), "--epochs", "1",
+                 "--batch-size", "4", "--train-dispatch", "sparse", "--capacity-factor",
+                 "1.0"]) == 0
+    moes = [layer for layer in load_model(str(aware / "best.keras"))._flatten_layers()
+            if isinstance(layer, MoEFeedForward)]
+    assert [(l.train_dispatch, l.capacity_factor) for l in moes] == [("sparse", 1.0)]
+    assert main(["train", "--model", "mobilevit_v2_050", "--out", str(tmp_path / "dense"),
+                 "--train-dispatch", "sparse"]) == 2  # no experts to dispatch
     assert main(["upcycle", str(tmp_path / "missing.keras"), "--out", str(out)]) == 2
     assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
                  "--layers", "five"]) == 2

@@ -66,6 +66,40 @@ def test_patches_over_capacity_skip_the_feed_forward():
     assert np.all(np.abs(reference[:, :, capacity:]) > 0)
 
 
+def test_capacity_aware_training_drops_the_overflow_and_trains_through_the_slots():
+    x = np.random.default_rng(4).normal(size=(2, 4, 10, 8)).astype(np.float32)
+    layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, priority="order",
+                                      train_dispatch="sparse"), x)
+    layer.router_kernel.assign(layer.router_kernel.numpy() * 0.1)
+    layer.router_bias.assign(np.array([6.0, 0.0, 0.0, 0.0], np.float32))  # all to expert 0
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True)
+        loss = tf.reduce_sum(out ** 2)
+    grads = dict(zip(["router", "kernel_in"], tape.gradient(
+        loss, [layer.router_kernel, layer.expert_kernel_in])))
+    capacity = layer.capacity(10)
+    assert np.all(out.numpy()[:, :, capacity:] == 0)  # dropped in training, as on the device
+    reference = numpy_moe(layer, x)
+    np.testing.assert_allclose(out.numpy()[:, :, :capacity], reference[:, :, :capacity],
+                               rtol=1e-4, atol=1e-5)
+    assert np.all(np.isfinite(grads["router"].numpy())) and np.any(grads["router"] != 0)
+    assert np.any(grads["kernel_in"].numpy()[0] != 0)  # the expert learns on its slots
+    layer.train_dispatch = "masked"  # the default trains every patch
+    assert np.all(np.abs(layer(x, training=True).numpy()[:, :, capacity:]) > 0)
+    np.testing.assert_allclose(layer(x).numpy(), reference, rtol=1e-4, atol=1e-5)
+
+    model = create_model("mobilevit_v2_moe_050", num_classes=3, input_shape=(64, 64, 3))
+    aware = with_dispatch(model, "masked", 1.25, train_dispatch="sparse")
+    moes = [l for l in aware._flatten_layers() if isinstance(l, MoEFeedForward)]
+    assert [(l.dispatch, l.train_dispatch) for l in moes] == [("masked", "sparse")] * 2
+    aware.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    history = aware.fit(images, np.array([0, 1, 2, 0]), batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ValueError, match="train_dispatch|dispatch must be"):
+        MoEFeedForward(train_dispatch="dense")
+
+
 def test_gate_priority_drops_the_patches_with_the_lowest_gates():
     x = np.random.default_rng(5).normal(size=(1, 4, 10, 8)).astype(np.float32)
     layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, dispatch="sparse"), x)

@@ -47,7 +47,9 @@ def _train(args):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
-    _, summary = train_run(args.model, data, args.out, config, _augment(args.augment))
+    _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
+                           train_dispatch=args.train_dispatch,
+                           capacity_factor=args.capacity_factor)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -225,6 +227,13 @@ def build_parser():
                        default="default",
                        help="none; default (random crop and flip); digits (crop, no flip); "
                             "strong (crop, flip, RandAugment, MixUp/CutMix)")
+    train.add_argument("--train-dispatch", choices=("masked", "sparse"), default=None,
+                       help="MoE models: 'sparse' trains with the fixed capacity of the sparse "
+                            "export, dropping the patches over capacity as the device will "
+                            "(capacity-aware fine-tuning); default: the model's own (masked)")
+    train.add_argument("--capacity-factor", type=float, default=1.25,
+                       help="slots per expert as a multiple of patches / experts, for "
+                            "--train-dispatch sparse (default 1.25)")
     train.set_defaults(run=_train)
 
     upcycle = commands.add_parser(

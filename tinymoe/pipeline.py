@@ -9,7 +9,7 @@ from tinymoe.augment import AugmentConfig, make_dataset
 from tinymoe.backend import keras
 from tinymoe.data import load_dataset
 from tinymoe.files import atomic_path, write_json
-from tinymoe.models import create_model, list_models
+from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
 from tinymoe.train import TrainConfig, fit
 
@@ -50,11 +50,14 @@ def evaluate_tflite(tflite_bytes, images, labels):
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def train_run(model, data, out_dir, config, augment=None, verbose=1):
+def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
+              capacity_factor=1.25):
     """Trains ``model`` (a registry name or a loaded model) on ``data`` and writes its files.
 
     Writes ``best.keras`` (best validation accuracy), ``log.csv`` and ``summary.json`` into
-    ``out_dir``.
+    ``out_dir``. ``train_dispatch="sparse"`` trains a mixture of experts with the fixed
+    capacity its sparse export will have (capacity-aware fine-tuning, see
+    :func:`tinymoe.models.with_dispatch`); validation runs the masked form.
 
     Returns:
         (best model, summary dict: params, macs, val_accuracy, images_per_second, ...).
@@ -72,6 +75,8 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1):
         else:
             raise ValueError(f"{model!r} is neither a registered model "
                              f"({', '.join(list_models())}) nor a .keras file.")
+    if train_dispatch is not None:
+        model = with_dispatch(model, "masked", capacity_factor, train_dispatch=train_dispatch)
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
@@ -235,7 +240,7 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         ...                                      sparsity=0.5, qat_epochs=2)
     """
     from tinymoe.export import report, to_tflite
-    from tinymoe.models import has_experts, with_dispatch
+    from tinymoe.models import has_experts
     from tinymoe.optimize import (prune, pruning_callbacks, quantize_aware, sparsity_report,
                                   strip_pruning, strip_quantization)
 

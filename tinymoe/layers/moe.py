@@ -7,7 +7,7 @@ gate (the router probability, optionally renormalised over the chosen experts).
 
 Two inference forms, both converting to ops TFLite Micro runs:
 
-- "masked" (also the training form): every expert runs on every token and the gates zero out
+- "masked" (also the default training form): every expert runs on every token and the gates zero out
   the experts a token was not routed to. Exact, costs E feed-forwards. A top-1 batch of one
   (the exported graph) runs it through the sparse form's slots with room for every patch,
   so that the two int8 forms quantise each expert alike. The top-k choice is
@@ -18,6 +18,7 @@ Two inference forms, both converting to ops TFLite Micro runs:
   ``capacity_factor`` feed-forwards. A patch beyond its expert's capacity skips the
   feed-forward (its residual passes through), as in V-MoE. The slot arithmetic is exact
   int32 (see :func:`dispatch_slots`), because the int8 quantisation of counts drifts.
+  ``train_dispatch="sparse"`` trains with the same drops (capacity-aware fine-tuning).
 """
 
 import math
@@ -173,7 +174,11 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         normalize_gates: bool, divide the chosen gates by their sum (with top_k=1 every gate
             becomes 1).
         dispatch: inference form, "masked" (every expert on every token) or "sparse"
-            (fixed-capacity top-1 dispatch; training always uses the masked form).
+            (fixed-capacity top-1 dispatch).
+        train_dispatch: training form, "masked" (the default) or "sparse": the forward
+            pass drops the patches over capacity, as sparse dispatch will on the device,
+            so that fine-tuning teaches the model to do without them (V-MoE and Switch
+            train with their capacity too).
         capacity_factor: float >= 1/E, sparse dispatch slots per expert as a multiple of
             patches / E.
         priority: which patches keep their slots when an expert overflows in sparse
@@ -193,14 +198,17 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, num_experts=4, hidden_dim=64, top_k=1, activation="swish",
                  routing="patch", aux_loss_weight=0.01, normalize_gates=False,
-                 dispatch="masked", capacity_factor=1.25, priority="gate", **kwargs):
+                 dispatch="masked", capacity_factor=1.25, priority="gate",
+                 train_dispatch="masked", **kwargs):
         super().__init__(**kwargs)
         validate_moe_args(num_experts, top_k, routing, hidden_dim)
         validate_dispatch(dispatch, capacity_factor, top_k, num_experts)
+        validate_dispatch(train_dispatch, capacity_factor, top_k, num_experts)
         if priority not in ("gate", "order"):
             raise ValueError(f"priority must be 'gate' or 'order', got {priority!r}.")
         self.priority = priority
         self.dispatch = dispatch
+        self.train_dispatch = train_dispatch
         self.capacity_factor = float(capacity_factor)
         self.num_experts = int(num_experts)
         self.hidden_dim = int(hidden_dim)
@@ -263,17 +271,18 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         return {"probs": probs, "gates": gates, "experts": tf.cast(experts, tf.int32)}
 
     def call(self, x, training=None):
-        if self.dispatch == "sparse" and not training:
+        if training and self.aux_loss_weight > 0:
+            probs = self.router_probs(x)
+            mask = top_k_mask(probs, self.top_k)
+            self.add_loss(self.aux_loss_weight * load_balancing_loss(probs, mask, self.top_k))
+        if (self.train_dispatch if training else self.dispatch) == "sparse":
             return self.sparse_combine(x)
         if not training and self.top_k == 1 and x.shape[0] == 1:
             # The exported masked graph: every expert on every patch, through the sparse
             # form's slots with room for all patches, so that both int8 forms quantise each
             # expert alike and differ only where sparse dispatch drops a patch.
             return self._sparse_one(x, full=True)
-        probs = self.router_probs(x)
-        gates, mask = self.gates(probs)
-        if training and self.aux_loss_weight > 0:
-            self.add_loss(self.aux_loss_weight * load_balancing_loss(probs, mask, self.top_k))
+        gates, _ = self.gates(self.router_probs(x))
         return self.combine(x, gates)
 
     def combine(self, x, gates):
@@ -344,7 +353,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "dispatch": self.dispatch,
-                "capacity_factor": self.capacity_factor, "priority": self.priority, "num_experts": self.num_experts,
+                "train_dispatch": self.train_dispatch, "capacity_factor": self.capacity_factor,
+                "priority": self.priority, "num_experts": self.num_experts,
                 "hidden_dim": self.hidden_dim, "top_k": self.top_k,
                 "activation": self.activation, "routing": self.routing,
                 "aux_loss_weight": self.aux_loss_weight,
