@@ -11,6 +11,8 @@ writes JSON and a Markdown table.
    same width (mobilevit_v2_050). Latency does not depend on the weight values, so the
    trained weights are loaded into a model built at --latency-size.
 
+--part agreement or --part latency runs one of the two.
+
 Example:
     python benchmarks/moe_dispatch.py --model RUNS/seed0/moe_050_cluster/best.keras \\
         --size 96 --latency-size 128 --out benchmarks/results/moe_dispatch
@@ -64,6 +66,23 @@ def agreement(model, data, capacity_factors, priority="gate"):
             "float_val_top1": float(np.mean(float_top1 == y_val)),
             "masked_agreement_with_float": float(np.mean(masked == float_top1)),
             "capacity_factors": rows}
+
+
+def agreement_lines(a, size):
+    """Markdown lines of the agreement table."""
+    return [f"Top-1 agreement of the sparse and masked int8 flagship on cub100 val "
+            f"({a['val_images']} images, {size}x{size}; overflow priority "
+            f"{a['priority']}). Float val top-1 {a['float_val_top1']:.3f}; masked int8 "
+            f"{a['masked_int8_val_top1']:.3f}, agreeing with float on "
+            f"{a['masked_agreement_with_float']:.4f}.", "",
+            "| capacity factor | patches over capacity, per MoE layer | sparse vs masked "
+            "float | sparse vs masked int8 | sparse int8 vs float | sparse val top-1 |",
+            "|---|---|---|---|---|---|",
+            *[f"| {r['capacity_factor']} | "
+              + "; ".join(f"{k}: {v:.1%}" for k, v in r["dropped_patch_share"].items())
+              + f" | {r['float_agreement']:.4f} | {r['agreement']:.4f} | "
+              f"{r['sparse_agreement_with_float']:.4f} | "
+              f"{r['sparse_int8_val_top1']:.3f} |" for r in a["capacity_factors"]], ""]
 
 
 def moe_routing(model, images):
@@ -146,7 +165,7 @@ def main(argv=None):
                         help="capacity factors whose int8 agreement with masked is measured")
     parser.add_argument("--priority", choices=("gate", "order"), default="gate",
                         help="which patches keep their slots at overflow")
-    parser.add_argument("--part", choices=("all", "agreement"), default="all")
+    parser.add_argument("--part", choices=("all", "agreement", "latency"), default="all")
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -154,24 +173,12 @@ def main(argv=None):
 
     trained = load_model(args.model)
     data = load_dataset(args.data, args.size)
-    result = {"agreement": agreement(trained, data, args.agreement_factors, args.priority)}
-    print(result, flush=True)
-    a = result["agreement"]
-    lines = ["# Sparse vs masked MoE dispatch (int8, TFLite Micro)", "",
-             "Command: `python " + " ".join(sys.argv) + "`  ", "",
-             f"Top-1 agreement of the sparse and masked int8 flagship on cub100 val "
-             f"({a['val_images']} images, {args.size}x{args.size}; overflow priority "
-             f"{a['priority']}). Float val top-1 {a['float_val_top1']:.3f}; masked int8 "
-             f"{a['masked_int8_val_top1']:.3f}, agreeing with float on "
-             f"{a['masked_agreement_with_float']:.4f}.", "",
-             "| capacity factor | patches over capacity, per MoE layer | sparse vs masked "
-             "float | sparse vs masked int8 | sparse int8 vs float | sparse val top-1 |",
-             "|---|---|---|---|---|---|",
-             *[f"| {r['capacity_factor']} | "
-               + "; ".join(f"{k}: {v:.1%}" for k, v in r["dropped_patch_share"].items())
-               + f" | {r['float_agreement']:.4f} | {r['agreement']:.4f} | "
-               f"{r['sparse_agreement_with_float']:.4f} | "
-               f"{r['sparse_int8_val_top1']:.3f} |" for r in a["capacity_factors"]], ""]
+    result, lines = {}, ["# Sparse vs masked MoE dispatch (int8, TFLite Micro)", "",
+                         "Command: `python " + " ".join(sys.argv) + "`  ", ""]
+    if args.part in ("all", "agreement"):
+        result["agreement"] = agreement(trained, data, args.agreement_factors, args.priority)
+        print(result, flush=True)
+        lines += agreement_lines(result["agreement"], args.size)
     if args.part == "agreement":
         meta = run_meta(start, capacity_factor=args.capacity_factor)
         lines[3:3] = [f"Machine: {meta['machine']}; wall time {meta['wall_s']} s  "]
