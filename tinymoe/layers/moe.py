@@ -271,19 +271,25 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         return {"probs": probs, "gates": gates, "experts": tf.cast(experts, tf.int32)}
 
     def call(self, x, training=None):
-        if training and self.aux_loss_weight > 0:
-            probs = self.router_probs(x)
-            mask = top_k_mask(probs, self.top_k)
-            self.add_loss(self.aux_loss_weight * load_balancing_loss(probs, mask, self.top_k))
         if (self.train_dispatch if training else self.dispatch) == "sparse":
+            if training:
+                probs = self.router_probs(x)
+                self._add_balance_loss(probs, top_k_mask(probs, self.top_k))
             return self.sparse_combine(x)
         if not training and self.top_k == 1 and x.shape[0] == 1:
             # The exported masked graph: every expert on every patch, through the sparse
             # form's slots with room for all patches, so that both int8 forms quantise each
             # expert alike and differ only where sparse dispatch drops a patch.
             return self._sparse_one(x, full=True)
-        gates, _ = self.gates(self.router_probs(x))
+        probs = self.router_probs(x)
+        gates, mask = self.gates(probs)
+        if training:
+            self._add_balance_loss(probs, mask)
         return self.combine(x, gates)
+
+    def _add_balance_loss(self, probs, mask):
+        if self.aux_loss_weight > 0:
+            self.add_loss(self.aux_loss_weight * load_balancing_loss(probs, mask, self.top_k))
 
     def combine(self, x, gates):
         """Runs every expert on every token and sums their outputs weighted by ``gates``."""
