@@ -89,14 +89,31 @@ void setup() {
   if (!setup_model()) MicroPrintf("Setup failed.");
 }
 
-void loop() {
+bool classify_and_print() {
   constexpr int kTop = kNumClasses < 3 ? kNumClasses : 3;
   int classes[kTop];
   float scores[kTop];
-  if (!get_image(image) || !classify(image, kTop, classes, scores)) return;
+  if (!get_image(image) || !classify(image, kTop, classes, scores)) return false;
   for (int j = 0; j < kTop; ++j) {
-    MicroPrintf("%d. %s (%d.%02d)", j + 1, kLabels[classes[j]],
-                static_cast<int>(scores[j]),
-                static_cast<int>(std::fabs(scores[j] - static_cast<int>(scores[j])) * 100));
+    // Hundredths as integers: a board's printf may lack %f.
+    long hundredths = std::lround(scores[j] * 100.0f);
+    long magnitude = hundredths < 0 ? -hundredths : hundredths;
+    MicroPrintf("%d. %s (%s%ld.%02ld)", j + 1, kLabels[classes[j]], hundredths < 0 ? "-" : "",
+                magnitude / 100, magnitude % 100);
   }
+  // The raw int8 output, two hex digits per class, so a host can check it byte for byte.
+  constexpr int kPerLine = 32;
+  const int8_t* output = interpreter->output(0)->data.int8;
+  for (int start = 0; start < kNumClasses; start += kPerLine) {
+    char line[2 * kPerLine + 1];
+    int end = start + kPerLine < kNumClasses ? start + kPerLine : kNumClasses;
+    for (int c = start; c < end; ++c) {
+      MicroSnprintf(line + 2 * (c - start), 3, "%02x", static_cast<uint8_t>(output[c]));
+    }
+    MicroPrintf("int8 output: %s", line);
+  }
+  MicroPrintf("Arena used: %d bytes.", static_cast<int>(interpreter->arena_used_bytes()));
+  return true;
 }
+
+void loop() { classify_and_print(); }

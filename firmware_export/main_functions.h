@@ -15,8 +15,12 @@ bool setup_model();
 // Returns false if inference failed.
 bool classify(const uint8_t* pixels, int k, int* top_classes, float* top_scores);
 
-// Arduino-style entry points: setup() calls setup_model(); loop() classifies the image from
-// get_image() (image_provider.h) and prints the top three labels.
+// Classifies the image from get_image() (image_provider.h) and prints the top three labels
+// with their scores, the raw int8 output (hex, "int8 output: ..." lines) and
+// arena_used_bytes(). Returns false (and prints why) if there is no image or inference fails.
+bool classify_and_print();
+
+// Arduino-style entry points: setup() calls setup_model(); loop() calls classify_and_print().
 void setup();
 void loop();
 

@@ -5,6 +5,10 @@ import json
 import os
 import sys
 
+# Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
+# of TFLite Micro (tinymoe.export.device).
+TARGETS = ("python", "host", "cortex-m3")
+
 
 def _models(args):
     from tinymoe.models.summary import format_table, summarize_models
@@ -102,10 +106,27 @@ def _read_tflite(path):
     return data
 
 
-def _report(args):
-    from tinymoe.export import format_report, report
+def _measure(tflite_bytes, args):
+    """report(), with the arena limit checked on the --target build when one is given."""
+    from tinymoe.export import ArenaError, report
+    from tinymoe.export.device import measure_on_device
 
-    result = report(_read_tflite(args.model), arena_limit=args.arena_limit)
+    if args.target == "python":
+        return report(tflite_bytes, arena_limit=args.arena_limit)
+    result = report(tflite_bytes)
+    result["device"] = measure_on_device(tflite_bytes, args.target, result["arena_bytes"])
+    arena = result["device"]["arena_bytes"]
+    if args.arena_limit and arena > args.arena_limit:
+        raise ArenaError(f"The model needs a tensor arena of {arena:,} bytes on the "
+                         f"{args.target} build, more than the limit of {args.arena_limit:,} "
+                         "bytes.")
+    return result
+
+
+def _report(args):
+    from tinymoe.export import format_report
+
+    result = _measure(_read_tflite(args.model), args)
     if args.flash_limit and result["flash_bytes"] > args.flash_limit:
         raise ValueError(f"The model takes {result['flash_bytes']:,} bytes of flash, more than "
                          f"the limit of {args.flash_limit:,} bytes.")
@@ -145,11 +166,16 @@ def _export(args):
             raise ValueError(f"Labels file {labels_path!r} does not exist.")
         with open(labels_path) as handle:
             labels = [line.strip() for line in handle if line.strip()]
-    measured = report(tflite_bytes, arena_limit=args.arena_limit)
+    measured = _measure(tflite_bytes, args)
+    arena, where = measured["arena_bytes"], "the TFLite Micro Python interpreter (64-bit host)"
+    if "device" in measured:
+        arena = measured["device"]["arena_bytes"]
+        where = f"the {args.target} build of TFLite Micro (arena_used_bytes())"
     paths = write_firmware(tflite_bytes, args.out, name=args.name, labels=labels,
-                           arena_bytes=measured["arena_bytes"], arena_margin=args.arena_margin)
+                           arena_bytes=arena, arena_margin=args.arena_margin,
+                           arena_source=where)
     print(f"Wrote {len(paths)} files to {args.out}: flash {measured['flash_bytes']:,} bytes, "
-          f"arena {measured['arena_bytes']:,} bytes measured (+{args.arena_margin:.0%} in "
+          f"arena {arena:,} bytes measured in {where} (+{args.arena_margin:.0%} in "
           f"model_settings.h), {measured['macs']:,} MACs.")
     return 0
 
@@ -313,6 +339,11 @@ def build_parser():
                         help="fail (exit 2) if the arena needed is larger")
     report.add_argument("--flash-limit", type=int, metavar="BYTES",
                         help="fail (exit 2) if the model is larger")
+    report.add_argument("--target", choices=TARGETS, default="python",
+                        help="also build the firmware app against TFLite Micro's C++ sources "
+                             "and measure there: cortex-m3 (QEMU mps2-an385: the arena a "
+                             "32-bit MCU needs, and the image's flash) or host; --arena-limit "
+                             "then applies to that arena (default: python only)")
     report.set_defaults(run=_report)
 
     export = commands.add_parser(
@@ -338,6 +369,11 @@ def build_parser():
                         help="share added to the measured arena (default: 0.1)")
     export.add_argument("--arena-limit", type=int, metavar="BYTES",
                         help="fail, writing nothing, if the arena needed is larger")
+    export.add_argument("--target", choices=TARGETS, default="python",
+                        help="where the arena is measured for kTensorArenaSize and "
+                             "--arena-limit: python (the TFLite Micro Python interpreter, an "
+                             "upper bound; the default), cortex-m3 (the firmware app built "
+                             "for Cortex-M3 and run under QEMU) or host")
     export.set_defaults(run=_export)
 
     demo = commands.add_parser(
@@ -359,11 +395,13 @@ def main(argv=None):
         >>> main(["report", "runs/opt/model.tflite"])
         0
     """
+    from tinymoe.export.device import FirmwareError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:  # bad input: say what, without a traceback
-        print(f"tinymoe {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FirmwareError) as error:  # bad input, or a firmware build that failed:
+        print(f"tinymoe {args.command}: error: {error}", file=sys.stderr)  # say what, briefly
         return 2
 
 

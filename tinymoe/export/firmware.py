@@ -61,8 +61,11 @@ def arena_with_margin(measured, margin=0.1):
     return int(math.ceil(measured * (1.0 + margin) / 1024.0) * 1024)
 
 
+PYTHON_ARENA = "the TFLite Micro Python interpreter (64-bit host: an upper bound for an MCU)"
+
+
 def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
-                     arena_margin=0.1):
+                     arena_margin=0.1, arena_source=PYTHON_ARENA):
     """The text of every firmware file, as a dict ``file name -> text``.
 
     Args:
@@ -71,6 +74,7 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         labels: class names, one per output; None gives ``class_0, class_1, ...``.
         arena_bytes: the measured smallest arena; None measures it (:func:`smallest_arena`).
         arena_margin: share added to the measured arena in ``kTensorArenaSize``.
+        arena_source: where ``arena_bytes`` was measured, for the comment beside it.
 
     Example:
         >>> sources = firmware_sources(tflite_bytes, name="birds", labels=class_names)
@@ -137,9 +141,8 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
             f"constexpr float kOutputScale = {out_scale!r}f;\n"
             f"constexpr int kOutputZeroPoint = {out_zero};\n"
             f"constexpr int kNumClasses = {num_classes};\n"
-            f"// Smallest arena measured in the TFLite Micro interpreter: {measured} bytes\n"
-            f"// (host, 64-bit: an upper bound for a 32-bit MCU), plus a margin of "
-            f"{arena_margin:.0%}.\n"
+            f"// Arena measured in {arena_source}:\n"
+            f"// {measured} bytes, plus a margin of {arena_margin:.0%}.\n"
             f"constexpr int kTensorArenaSize = {arena_with_margin(measured, arena_margin)};\n",
             guard + "MODEL_SETTINGS_H_"),
         "labels.h": stamp + _header(
@@ -152,7 +155,7 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
 
 
 def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes=None,
-                   arena_margin=0.1):
+                   arena_margin=0.1, arena_source=PYTHON_ARENA):
     """Writes the firmware files of :func:`firmware_sources` into ``out_dir``.
 
     All files are generated first, then moved into place one by one with ``os.replace``,
@@ -168,7 +171,8 @@ def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"Output path {out_dir!r} is a file, not a folder.")
-    sources = firmware_sources(tflite_bytes, name, labels, arena_bytes, arena_margin)
+    sources = firmware_sources(tflite_bytes, name, labels, arena_bytes, arena_margin,
+                               arena_source)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-firmware-", dir=parent)

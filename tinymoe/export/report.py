@@ -178,6 +178,14 @@ def format_report(result):
     if "arena_bytes" in result:
         lines.append(f"tensor arena (smallest that runs): {result['arena_bytes']:,}")
         lines.append(f"  {result['arena_note']}")
+    device = result.get("device")
+    if device:
+        lines.append(f"{device['target']} build of TFLite Micro: arena_used_bytes() "
+                     f"{device['arena_bytes']:,}")
+        if device["flash_bytes"] is not None:
+            lines.append(f"  flash of the firmware image (.text + .rodata + .data): "
+                         f"{device['flash_bytes']:,} = model {device['model_bytes']:,} + "
+                         f"TFLite Micro and app {device['code_bytes']:,}")
     lines.append(f"MACs per inference: {result['macs']:,}")
     lines.append(f"ops ({len(result['ops'])}):")
     macs = collections.Counter()

@@ -6,12 +6,16 @@ import numpy as np
 def quantize(x, scale, zero_point, dtype=np.int8):
     """Float values to integers with a tensor's scale and zero point (rounded, clipped).
 
+    Rounds halves away from zero, in float32, as TFLite's QUANTIZE kernel and the firmware
+    app (``lround(pixel / kInputScale)``) do, so all three give the same int8 image.
+
     Example:
-        >>> quantize([0.5, -1.0], scale=0.01, zero_point=0)
-        array([  50, -100], dtype=int8)
+        >>> quantize([0.5, -1.0, 0.025], scale=0.01, zero_point=0)
+        array([  50, -100,    3], dtype=int8)
     """
     info = np.iinfo(dtype)
-    q = np.round(np.asarray(x, dtype=np.float32) / scale) + zero_point
+    ratio = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    q = np.sign(ratio) * np.floor(np.abs(ratio) + np.float32(0.5)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 

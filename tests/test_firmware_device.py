@@ -1,0 +1,199 @@
+"""The firmware app of firmware_export/, built against TensorFlow Lite Micro's C++ sources
+(the pinned tarball in shared/third_party) and run: natively on the host, and as a Cortex-M3
+image under QEMU. Its int8 output must equal the Python TFLM interpreter's byte for byte.
+
+The first run on a machine builds TFLM's library for each target (10-20 minutes each on
+2 cores); later runs find it in ~/.cache/tinymoe.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_images
+from tinymoe.backend import keras
+from tinymoe.cli import main
+from tinymoe.export import tflm_invoke, to_tflite
+from tinymoe.export.device import (_make, firmware_dir, missing_requirements, run_firmware,
+                                   tflm_paths)
+from tinymoe.export.runtime import _scale_zero_point
+from tinymoe.layers import ConvBNAct
+from tinymoe.models import create_model, with_dispatch
+
+SIZE, CLASSES = 64, 4
+
+
+def _require(target):
+    """Skips where the toolchain or TFLM sources are missing; in CI that is a failure."""
+    missing = missing_requirements(target)
+    if missing:
+        message = f"{target} firmware build unavailable: {'; '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (.ci/run installs the toolchain)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def flagship():
+    """The registered MoE flagship (sparse dispatch, as exported) at 64x64, its int8 model,
+    and three images: every op type our models use, on a few seconds of emulation."""
+    keras.utils.set_random_seed(0)
+    images, _ = synthetic_images(24, SIZE, CLASSES, seed=3)
+    images = np.round(images)
+    model = with_dispatch(create_model("mobilevit_v2_moe_050", num_classes=CLASSES,
+                                       input_shape=(SIZE, SIZE, 3)), "sparse", 1.25)
+    tflite_bytes = to_tflite(model, images[:16])
+    test_images = np.concatenate([images[16:18], np.full((1, SIZE, SIZE, 3), 128.0)])
+    return tflite_bytes, test_images
+
+
+@pytest.fixture(scope="module")
+def host_run(flagship, tmp_path_factory):
+    _require("host")
+    tflite_bytes, images = flagship
+    workdir = tmp_path_factory.mktemp("host")
+    return run_firmware(tflite_bytes, images, target="host", workdir=str(workdir)), workdir
+
+
+def _assert_same_as_python_tflm(run, tflite_bytes, images):
+    # The app quantises each pixel itself (lround(pixel / scale)); tflm_invoke quantises in
+    # numpy. Pixels whose pixel / scale is an exact tie (x.5) are in these images, so equal
+    # bytes also prove that both round ties the same way.
+    from ai_edge_litert.interpreter import Interpreter
+    scale, _ = _scale_zero_point(Interpreter(model_content=tflite_bytes).get_input_details()[0])
+    ratio = images.astype(np.float32) / np.float32(scale)
+    assert np.any(ratio - np.floor(ratio) == 0.5)
+    expected = tflm_invoke(tflite_bytes, images, dequantize_output=False)
+    assert run.outputs.shape == expected.shape == (len(images), CLASSES)
+    np.testing.assert_array_equal(run.outputs, expected)
+    assert 0 < run.arena_used_bytes <= run.arena_size_bytes
+
+
+def test_host_app_reproduces_python_tflm_byte_for_byte(flagship, host_run):
+    run, _ = host_run
+    _assert_same_as_python_tflm(run, *flagship)
+    assert run.flash_bytes is None  # a host binary has no flash to report
+
+
+def test_cortex_m3_app_under_qemu_reproduces_python_tflm_byte_for_byte(flagship, host_run,
+                                                                       tmp_path):
+    _require("cortex-m3")
+    tflite_bytes, images = flagship
+    run = run_firmware(tflite_bytes, images, target="cortex-m3", workdir=str(tmp_path))
+    _assert_same_as_python_tflm(run, tflite_bytes, images)
+    # 32-bit pointers and structs: the device arena is never larger than the 64-bit host's.
+    assert run.arena_used_bytes <= host_run[0].arena_used_bytes
+    # The image's flash holds the model array, the TFLM code and the app: more than the array.
+    assert run.model_array_bytes == len(tflite_bytes) < run.flash_bytes
+    elf = tmp_path / "build" / "classify.elf"
+    sizes = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True,
+                           text=True, check=True).stdout
+    section = {m[0]: int(m[1]) for m in re.findall(r"^(\.\w+)\s+(\d+)", sizes, flags=re.M)}
+    assert section[".text"] + section[".rodata"] <= run.flash_bytes <= sum(
+        section[name] for name in section if name not in (".bss",))
+
+
+def test_app_refuses_an_image_of_the_wrong_size(host_run):
+    _, workdir = host_run
+    app = workdir / "build" / "classify"
+    for size, words in ((SIZE * SIZE * 3 - 1, f"has {SIZE * SIZE * 3 - 1} bytes"),
+                        (SIZE * SIZE * 3 + 1, f"has more than {SIZE * SIZE * 3} bytes")):
+        image = workdir / f"wrong_{size}.rgb"
+        image.write_bytes(bytes(size))
+        result = subprocess.run([str(app), str(image)], capture_output=True, text=True)
+        assert result.returncode == 1
+        assert words in result.stderr and f"takes exactly {SIZE * SIZE * 3}" in result.stderr
+
+
+def _negative_head_model():
+    """A 32x32 model whose logits are its classifier's biases: all negative, two in (-1, 0)."""
+    inputs = keras.Input((32, 32, 3))
+    x = ConvBNAct(8, strides=4, name="stem")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    head = keras.layers.Dense(3, name="classifier")
+    outputs = head(x)
+    head.set_weights([np.zeros((8, 3), np.float32), np.array([-0.235, -0.61, -1.5], np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def test_printed_scores_keep_their_sign(tmp_path):
+    _require("host")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    tflite_bytes = to_tflite(_negative_head_model(), images)
+    run = run_firmware(tflite_bytes, images[:1], target="host", labels=["a", "b", "c"])
+    from ai_edge_litert.interpreter import Interpreter
+    scale, zero = _scale_zero_point(Interpreter(model_content=tflite_bytes).get_output_details()[0])
+    expected = [(label, int(np.round(100 * scale * (int(q) - zero))))
+                for label, q in zip("abc", run.outputs[0])]
+    assert run.top[0] == expected
+    assert -100 < expected[0][1] < 0  # the case that printed without its minus sign
+    assert "1. a (-0." in run.log
+
+
+def _readme_commands():
+    """The shell lines of firmware_export/README.md's "Try it" block."""
+    text = open(os.path.join(firmware_dir(), "README.md")).read()
+    block = re.search(r"<!-- tested -->\n```sh\n(.*?)```", text, flags=re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_firmware_readme_commands_run_offline(tmp_path):
+    """The README's commands, as written, on a copy of firmware_export/ and a small model."""
+    _require("host")
+    _require("cortex-m3")
+    shutil.copytree(firmware_dir(), tmp_path / "firmware_export",
+                    ignore=shutil.ignore_patterns("build", "generated"))
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "model.tflite").write_bytes(
+        to_tflite(_negative_head_model(), images))
+    (tmp_path / "runs" / "demo" / "labels.txt").write_text("a\nb\nc\n")
+    env = dict(os.environ, TFLM_TARBALL=tflm_paths("host")["tarball"],
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    outputs = []
+    for line in _readme_commands():
+        result = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=1800)
+        assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        outputs.append(result.stdout + result.stderr)
+    runs = [out for out in outputs if "int8 output:" in out]
+    assert len(runs) == 2  # host and Cortex-M3
+    assert "Flash:" in runs[1] and "1. a (-0." in runs[0] and "1. a (-0." in runs[1]
+
+
+def test_a_missing_generated_folder_is_named(tmp_path):
+    _require("host")
+    missing = tmp_path / "none"
+    code, log = _make("host", f"GENERATED={missing}", f"BUILD={tmp_path}")
+    assert code == 2 and f"No {missing}/model_data.cc: run 'tinymoe export" in log
+
+
+def test_report_and_export_measure_on_the_cortex_m3_build(tmp_path, capsys):
+    _require("cortex-m3")
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    tflite_bytes = to_tflite(_negative_head_model(), images)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes)
+    assert main(["report", str(path), "--target", "cortex-m3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    device = result["device"]
+    # 32-bit pointers and structs: never more than the 64-bit Python interpreter's arena.
+    assert 0 < device["arena_bytes"] <= result["arena_bytes"]
+    assert device["model_bytes"] == len(tflite_bytes)
+    assert device["flash_bytes"] == device["model_bytes"] + device["code_bytes"]
+    firmware = tmp_path / "fw"
+    limit = str(device["arena_bytes"] - 1)
+    assert main(["export", str(path), "--out", str(firmware), "--target", "cortex-m3",
+                 "--arena-limit", limit]) == 2
+    assert "on the cortex-m3 build" in capsys.readouterr().err and not firmware.exists()
+    assert main(["export", str(path), "--out", str(firmware), "--target", "cortex-m3",
+                 "--arena-limit", str(device["arena_bytes"])]) == 0
+    settings = (firmware / "model_settings.h").read_text()
+    assert f"// {device['arena_bytes']} bytes, plus a margin of 10%" in settings
+    assert "the cortex-m3 build of TFLite Micro" in settings

@@ -1,0 +1,261 @@
+"""Build the firmware app of ``firmware_export/`` against TensorFlow Lite Micro's C++ sources
+and run it: natively on the host, or as a Cortex-M3 image under QEMU (mps2-an385 board).
+
+The app is the one a board runs; here it reads the image from a file (semihosting under QEMU)
+and prints its raw int8 output, ``arena_used_bytes()`` and, on Cortex-M, the flash footprint.
+The TFLM library is built once per machine from the pinned source tarball (see
+``firmware_export/Makefile``: 10-20 minutes the first time on 2 cores, cached after).
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+# tinymoe's target names -> firmware_export/Makefile's TARGET.
+TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu"}
+# What each target needs on PATH beyond make and the venv's python.
+TOOLS = {"host": ("g++",), "cortex-m3": ("arm-none-eabi-g++", "qemu-system-arm")}
+
+
+class FirmwareError(RuntimeError):
+    """The firmware app could not be built or did not run; the message holds its output.
+
+    Example:
+        >>> run_firmware(tflite_bytes, images, target="cortex-m3")  # raises if QEMU is missing
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class FirmwareRun:
+    """What the firmware app printed, parsed.
+
+    Attributes:
+        target: ``"host"`` or ``"cortex-m3"``.
+        outputs: int8 array [N, classes], the model's raw output for each image.
+        top: per image, the printed top labels as ``(label, score)`` (score in hundredths).
+        arena_used_bytes: ``MicroInterpreter::arena_used_bytes()`` after the first invoke.
+        arena_size_bytes: ``kTensorArenaSize`` the app was built with.
+        flash_bytes: on Cortex-M, ``.text + .rodata + .data`` of the whole image (else None).
+        model_array_bytes: the model array's size (the ``.tflite`` file).
+        log: everything the last run printed.
+
+    Example:
+        >>> run = run_firmware(tflite_bytes, images[:1], target="cortex-m3")
+        >>> run.outputs[0], run.top[0][0], run.arena_used_bytes
+    """
+
+    target: str
+    outputs: np.ndarray
+    top: list
+    arena_used_bytes: int
+    arena_size_bytes: int
+    flash_bytes: int | None
+    model_array_bytes: int
+    log: str
+
+
+def firmware_dir():
+    """The ``firmware_export/`` folder: ``$TINYMOE_FIRMWARE_DIR`` or the repository's own.
+
+    Example:
+        >>> os.path.isfile(os.path.join(firmware_dir(), "Makefile"))
+        True
+    """
+    folder = os.environ.get("TINYMOE_FIRMWARE_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "firmware_export")
+    if not os.path.isfile(os.path.join(folder, "Makefile")):
+        raise FirmwareError(f"No firmware app in {folder!r}: set TINYMOE_FIRMWARE_DIR to the "
+                            "repository's firmware_export folder.")
+    return folder
+
+
+def missing_requirements(target):
+    """What building and running for ``target`` lacks here, in words (empty when nothing).
+
+    The programs it needs on PATH, and TFLM's source tree (the pinned tarball in
+    ``shared/third_party/``, or ``TFLM_TARBALL`` / ``TFLM_DIR`` in the environment).
+
+    Example:
+        >>> missing_requirements("host")
+        []
+    """
+    missing = [f"{tool} (not on PATH)" for tool in ("make", *TOOLS[_target(target)])
+               if shutil.which(tool) is None]
+    if not missing:
+        code, log = _make(target, "print-tflm")
+        if code != 0:
+            missing.append(log.strip().splitlines()[-1])
+    return missing
+
+
+def tflm_paths(target="host"):
+    """``{"tarball": ..., "library": ...}``: TFLM's sources and the library built from them.
+
+    Example:
+        >>> tflm_paths("cortex-m3")["library"].endswith("libtensorflow-microlite.a")
+        True
+    """
+    code, log = _make(_target(target), "print-tflm")
+    if code != 0:
+        raise FirmwareError(log.strip())
+    return dict(line.split(" ", 1) for line in log.strip().splitlines())
+
+
+def _target(target):
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}.")
+    return target
+
+
+def _make(target, *args, timeout=3600):
+    env = dict(os.environ)
+    # TFLM's Makefile runs Python scripts that import numpy and Pillow: ours has both.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    command = ["make", "--no-print-directory", "-s", "-C", firmware_dir(),
+               f"TARGET={TARGETS[target]}", *args]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise FirmwareError(f"{' '.join(command)} took more than {timeout} s.") from error
+    return result.returncode, result.stdout + result.stderr
+
+
+def build_tflm(target="host"):
+    """Builds (or finds in the cache) TFLM's library for ``target``; returns its path.
+
+    Example:
+        >>> build_tflm("cortex-m3")  # 10-20 minutes the first time, then instant
+    """
+    code, log = _make(_target(target), "tflm")
+    if code != 0:
+        raise FirmwareError(f"Building TensorFlow Lite Micro for {target} failed:\n"
+                            + log[-3000:])
+    return tflm_paths(target)["library"]
+
+
+def _parse(log, num_classes):
+    hex_output = "".join(re.findall(r"int8 output: ([0-9a-f]+)", log))
+    if len(hex_output) != 2 * num_classes:
+        raise FirmwareError("The firmware app printed no complete output:\n" + log[-3000:])
+    outputs = np.frombuffer(bytes.fromhex(hex_output), np.uint8).astype(np.int8)
+    top = [(label, int(sign + whole) * 100 + (-1 if sign else 1) * int(hundredths))
+           for label, sign, whole, hundredths in
+           re.findall(r"^\d+\. (.*) \((-?)(\d+)\.(\d\d)\)\r?$", log, flags=re.M)]
+    return outputs, top
+
+
+def _number(pattern, log):
+    match = re.search(pattern, log)
+    return int(match.group(1)) if match else None
+
+
+def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=None,
+                 workdir=None):
+    """Exports the model, builds the firmware app for ``target`` and classifies ``images``.
+
+    Args:
+        tflite_bytes: a full-int8 ``.tflite`` model.
+        images: uint8-valued array [N, H, W, C] (0..255), the model's input size.
+        target: ``"host"`` or ``"cortex-m3"`` (QEMU, mps2-an385).
+        labels: class names (default ``class_0 ...``).
+        arena_bytes: the measured smallest arena for ``kTensorArenaSize`` (+10%); None
+            measures it in the TFLM Python interpreter.
+        workdir: where to put the generated files and the build (default: a temporary folder,
+            removed afterwards).
+
+    Returns:
+        :class:`FirmwareRun`.
+
+    Example:
+        >>> run = run_firmware(tflite_bytes, images[:2], target="cortex-m3")
+        >>> run.arena_used_bytes, run.flash_bytes
+    """
+    from tinymoe.export.firmware import write_firmware
+
+    target = _target(target)
+    missing = missing_requirements(target)
+    if missing:
+        raise FirmwareError(f"The {target} build lacks: {'; '.join(missing)}"
+                            + (" (make -C firmware_export cortex-m-tools installs the Debian "
+                               "packages)." if target == "cortex-m3" else "."))
+    pixels = np.asarray(images)
+    if pixels.ndim != 4 or np.any(pixels < 0) or np.any(pixels > 255) or np.any(
+            pixels != np.round(pixels)):
+        raise ValueError("images must be whole pixel values 0..255 of shape [N, H, W, C], got "
+                         f"shape {pixels.shape}.")
+    owned = workdir is None
+    workdir = tempfile.mkdtemp(prefix="tinymoe-firmware-") if owned else workdir
+    try:
+        generated = os.path.join(os.path.abspath(workdir), "generated")
+        build = os.path.join(os.path.abspath(workdir), "build")
+        write_firmware(tflite_bytes, generated, name="model", labels=labels,
+                       arena_bytes=arena_bytes)
+        build_tflm(target)
+        code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}")
+        if code != 0:
+            raise FirmwareError(f"Building the firmware app for {target} failed:\n"
+                                + log[-3000:])
+        settings = open(os.path.join(generated, "model_settings.h")).read()
+        num_classes = _number(r"kNumClasses = (\d+);", settings)
+        outputs, top, arena_used = [], [], 0
+        for i, image in enumerate(pixels.astype(np.uint8)):
+            path = os.path.join(os.path.abspath(workdir), f"image_{i}.rgb")
+            image.tofile(path)
+            code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}",
+                              f"IMAGE={path}", "run", timeout=1800)
+            if code != 0:
+                raise FirmwareError(f"The firmware app failed on image {i} ({target}):\n"
+                                    + log[-3000:])
+            output, image_top = _parse(log, num_classes)
+            outputs.append(output)
+            top.append(image_top)
+            arena_used = max(arena_used, _number(r"Arena used: (\d+) bytes", log))
+        return FirmwareRun(
+            target=target, outputs=np.stack(outputs), top=top, arena_used_bytes=arena_used,
+            arena_size_bytes=_number(r"kTensorArenaSize = (\d+);", settings),
+            flash_bytes=_number(r"Flash: (\d+) bytes", log),
+            model_array_bytes=len(tflite_bytes), log=log)
+    finally:
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None):
+    """The tensor arena and flash a model takes on ``target``'s build of TFLM.
+
+    Builds the firmware app for ``target`` and classifies one grey image (the arena does not
+    depend on the pixels). On Cortex-M3 (QEMU, mps2-an385) the flash is that of the whole
+    image: the model array, TFLM's code and the app.
+
+    Args:
+        tflite_bytes: a full-int8 ``.tflite`` model.
+        target: ``"cortex-m3"`` or ``"host"``.
+        arena_bytes: an arena known to be large enough (e.g. :func:`smallest_arena`'s); None
+            measures it in the Python interpreter first.
+
+    Returns:
+        dict: ``target``, ``arena_bytes`` (``arena_used_bytes()``), ``flash_bytes`` (None on
+        the host), ``model_bytes``, ``code_bytes`` (flash minus the model array).
+
+    Example:
+        >>> measure_on_device(open("model.tflite", "rb").read())["arena_bytes"]
+        206724
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    shape = [int(d) for d in Interpreter(model_content=bytes(tflite_bytes))
+             .get_input_details()[0]["shape"]]
+    run = run_firmware(tflite_bytes, np.full(shape, 128, np.uint8), target=target,
+                       arena_bytes=arena_bytes)
+    return {"target": target, "arena_bytes": run.arena_used_bytes,
+            "flash_bytes": run.flash_bytes, "model_bytes": run.model_array_bytes,
+            "code_bytes": None if run.flash_bytes is None
+            else run.flash_bytes - run.model_array_bytes}
