@@ -10,7 +10,7 @@ import pytest
 from tinymoe.backend import keras, tf
 from tinymoe.cli import main
 from tinymoe.export import (ArenaError, TflmUnsupportedError, check_tflm, op_table, report,
-                            to_tflite, write_firmware)
+                            strip_for_device, tflm_invoke, to_tflite, write_firmware)
 from tinymoe.export.firmware import FILES, resolver_method
 from tinymoe.layers import ConvBNAct, MoEFeedForward
 from tinymoe.profile import count_macs
@@ -122,7 +122,7 @@ int main() {
 }
 '''
     out = _compile_and_run(tmp_path, source, ["model_data.cc", "labels.cc"]).splitlines()
-    assert (tmp_path / "roundtrip.tflite").read_bytes() == tflite_bytes
+    assert (tmp_path / "roundtrip.tflite").read_bytes() == strip_for_device(tflite_bytes)[0]
     assert out[0] == f"{SIZE} {SIZE} 3 3 0"
     assert out[1] == 'robin|wren|say "hi"|'
     assert measured["arena_bytes"] < int(out[2]) <= measured["arena_bytes"] * 1.1 + 1024
@@ -156,3 +156,28 @@ def test_cli_export_and_report(model_and_tflite, tmp_path, capsys):
     assert result["flash_bytes"] == len(model_and_tflite[1])
     assert main(["export", str(path), "--out", str(tmp_path / "fw")]) == 0
     assert '"a",\n    "b",\n    "c",' in (tmp_path / "fw" / "labels.cc").read_text()
+
+
+def test_the_device_model_is_stripped_and_runs_the_same_in_tflm(model_and_tflite, measured,
+                                                                 tmp_path):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite_bytes = model_and_tflite[1]
+    stripped, names = strip_for_device(tflite_bytes)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(stripped))
+    tensors = model.subgraphs[0].tensors
+    assert all(t.name in (None, b"", "") for t in tensors) and not model.metadata
+    per_channel = [t for t in tensors if t.quantization is not None
+                   and t.quantization.scale is not None and len(t.quantization.scale) > 1]
+    assert per_channel and all(len(t.quantization.zeroPoint) == 1 for t in per_channel)
+    # What goes: a name per tensor, metadata, and an int64 zero point per channel but one.
+    saved = sum(8 * (len(t.quantization.scale) - 1) for t in per_channel)
+    assert len(tflite_bytes) - len(stripped) >= saved
+    images = np.random.default_rng(1).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_array_equal(tflm_invoke(stripped, images, dequantize_output=False),
+                                  tflm_invoke(tflite_bytes, images, dequantize_output=False))
+    assert check_tflm(stripped, arena_size=measured["arena_bytes"]).ok
+    write_firmware(tflite_bytes, tmp_path / "kept", arena_bytes=1000, strip=False)
+    assert f"_size = {len(tflite_bytes)};" in (tmp_path / "kept" / "model_data.cc").read_text()
+    listed = (tmp_path / "kept" / "tensor_names.txt").read_text().splitlines()
+    assert len(listed) == len(tensors) and listed[0].split(" ", 2)[2] == names["tensors"][0][0]

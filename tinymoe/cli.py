@@ -127,9 +127,10 @@ def _report(args):
     from tinymoe.export import format_report
 
     result = _measure(_read_tflite(args.model), args)
-    if args.flash_limit and result["flash_bytes"] > args.flash_limit:
-        raise ValueError(f"The model takes {result['flash_bytes']:,} bytes of flash, more than "
-                         f"the limit of {args.flash_limit:,} bytes.")
+    if args.flash_limit and result["device_model_bytes"] > args.flash_limit:
+        raise ValueError(f"The model takes {result['device_model_bytes']:,} bytes of flash as "
+                         f"the firmware embeds it, more than the limit of "
+                         f"{args.flash_limit:,} bytes.")
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -166,6 +167,12 @@ def _export(args):
             raise ValueError(f"Labels file {labels_path!r} does not exist.")
         with open(labels_path) as handle:
             labels = [line.strip() for line in handle if line.strip()]
+    from tinymoe.export import strip_for_device
+
+    model_bytes = len(tflite_bytes if args.keep_names else strip_for_device(tflite_bytes)[0])
+    if args.flash_limit and model_bytes > args.flash_limit:
+        raise ValueError(f"The model array takes {model_bytes:,} bytes of flash, more than the "
+                         f"limit of {args.flash_limit:,} bytes.")
     measured = _measure(tflite_bytes, args)
     arena, where = measured["arena_bytes"], "the TFLite Micro Python interpreter (64-bit host)"
     if "device" in measured:
@@ -173,8 +180,8 @@ def _export(args):
         where = f"the {args.target} build of TFLite Micro (arena_used_bytes())"
     paths = write_firmware(tflite_bytes, args.out, name=args.name, labels=labels,
                            arena_bytes=arena, arena_margin=args.arena_margin,
-                           arena_source=where)
-    print(f"Wrote {len(paths)} files to {args.out}: flash {measured['flash_bytes']:,} bytes, "
+                           arena_source=where, strip=not args.keep_names)
+    print(f"Wrote {len(paths)} files to {args.out}: model array {model_bytes:,} bytes, "
           f"arena {arena:,} bytes measured in {where} (+{args.arena_margin:.0%} in "
           f"model_settings.h), {measured['macs']:,} MACs.")
     return 0
@@ -369,6 +376,12 @@ def build_parser():
                         help="share added to the measured arena (default: 0.1)")
     export.add_argument("--arena-limit", type=int, metavar="BYTES",
                         help="fail, writing nothing, if the arena needed is larger")
+    export.add_argument("--flash-limit", type=int, metavar="BYTES",
+                        help="fail, writing nothing, if the model array is larger")
+    export.add_argument("--keep-names", action="store_true",
+                        help="embed the .tflite as it is; by default names, metadata and "
+                             "repeated zero points are stripped (about 12%% less flash, same "
+                             "output in TFLite Micro; names in tensor_names.txt)")
     export.add_argument("--target", choices=TARGETS, default="python",
                         help="where the arena is measured for kTensorArenaSize and "
                              "--arena-limit: python (the TFLite Micro Python interpreter, an "

@@ -2,7 +2,7 @@
 firmware files that carry it."""
 
 from tinymoe.export.check import TflmCheck, TflmUnsupportedError, check_tflm
-from tinymoe.export.convert import to_tflite
+from tinymoe.export.convert import strip_for_device, to_tflite
 from tinymoe.export.firmware import firmware_sources, write_firmware
 from tinymoe.export.report import ArenaError, format_report, op_table, report, smallest_arena
 from tinymoe.export.runtime import (
@@ -11,5 +11,5 @@ from tinymoe.export.runtime import (
 __all__ = [
     "ArenaError", "TflmCheck", "TflmUnsupportedError", "check_tflm", "dequantize",
     "firmware_sources", "format_report", "litert_invoke", "op_names", "op_table", "quantize",
-    "report", "smallest_arena", "tflm_invoke", "to_tflite", "write_firmware",
+    "report", "smallest_arena", "strip_for_device", "tflm_invoke", "to_tflite", "write_firmware",
 ]

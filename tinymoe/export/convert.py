@@ -83,3 +83,43 @@ def _calibration_images(data, image_shape, num_samples):
     if len(images) == 0:
         raise ValueError("Representative data is empty: int8 calibration needs images.")
     return images.astype(np.float32)
+
+
+def strip_for_device(tflite_bytes):
+    """The model without what a device never reads: tensor and subgraph names, the model
+    description, signatures and metadata (conversion metadata, minimum runtime version); and
+    each per-channel zero-point array whose values are all equal (all weights and biases: 0)
+    cut to one value, an int64 per channel less, which TFLite Micro reads as the same array
+    (``micro_allocator.cc``: "zero point arrays for weights can be reduced to a single
+    value"). LiteRT's interpreter refuses that form; TFLite Micro is what runs it.
+
+    TFLite Micro runs the stripped model exactly as the original (the firmware tests check
+    it byte for byte on the host and on Cortex-M3). The names are returned for a side file.
+
+    Returns:
+        (stripped ``bytes``, ``names``: dict with ``tensors``, a list of tensor names per
+        subgraph, indexed like the model's tensors).
+
+    Example:
+        >>> stripped, names = strip_for_device(tflite_bytes)
+        >>> len(stripped) < len(tflite_bytes), names["tensors"][0][0]
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    names = {"tensors": [[_text(t.name) for t in subgraph.tensors]
+                         for subgraph in model.subgraphs]}
+    flatbuffer_utils.strip_strings(model)
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            zero_points = getattr(tensor.quantization, "zeroPoint", None)
+            if zero_points is not None and len(zero_points) > 1 and len(set(zero_points)) == 1:
+                tensor.quantization.zeroPoint = zero_points[:1]
+    for entry in model.metadata or ():
+        model.buffers[entry.buffer].data = None
+    model.metadata = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), names
+
+
+def _text(name):
+    return name.decode() if isinstance(name, bytes) else (name or "")

@@ -8,10 +8,11 @@ import shutil
 import tempfile
 
 from tinymoe import __version__
+from tinymoe.export.convert import strip_for_device
 from tinymoe.export.report import op_table, smallest_arena
 
 FILES = ("model_data.h", "model_data.cc", "op_resolver.h", "model_settings.h", "labels.h",
-         "labels.cc")
+         "labels.cc", "tensor_names.txt")
 
 # MicroMutableOpResolver method names that are not the CamelCase of the builtin op name.
 _RESOLVER_NAMES = {"BATCH_MATMUL": "BatchMatMul", "CUMSUM": "CumSum",
@@ -65,7 +66,7 @@ PYTHON_ARENA = "the TFLite Micro Python interpreter (64-bit host: an upper bound
 
 
 def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
-                     arena_margin=0.1, arena_source=PYTHON_ARENA):
+                     arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True):
     """The text of every firmware file, as a dict ``file name -> text``.
 
     Args:
@@ -75,6 +76,9 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         arena_bytes: the measured smallest arena; None measures it (:func:`smallest_arena`).
         arena_margin: share added to the measured arena in ``kTensorArenaSize``.
         arena_source: where ``arena_bytes`` was measured, for the comment beside it.
+        strip: embed the model as :func:`tinymoe.export.strip_for_device` leaves it (no
+            names or metadata, one zero point per weight tensor: about 12% less flash,
+            same output in TFLite Micro); the names go to ``tensor_names.txt``.
 
     Example:
         >>> sources = firmware_sources(tflite_bytes, name="birds", labels=class_names)
@@ -84,8 +88,11 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
     from ai_edge_litert.interpreter import Interpreter
 
     name = _identifier(name)
-    data = bytes(tflite_bytes)
-    interpreter = Interpreter(model_content=data)
+    original = bytes(tflite_bytes)
+    data, names = strip_for_device(original)
+    if not strip:
+        data = original
+    interpreter = Interpreter(model_content=original)  # LiteRT refuses the stripped form
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"The firmware template takes one input and one output; the model "
@@ -99,7 +106,7 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
     labels = [str(label) for label in labels]
     if len(labels) != num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs.")
-    ops = sorted({row["op"] for row in op_table(data)})
+    ops = sorted({row["op"] for row in op_table(original)})
     measured = int(arena_bytes) if arena_bytes else smallest_arena(data)
     in_scale, in_zero = _tensor_params(inputs[0])
     out_scale, out_zero = _tensor_params(outputs[0])
@@ -110,7 +117,9 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
     rows = [", ".join(f"0x{b:02x}" for b in data[i:i + 12]) for i in range(0, len(data), 12)]
     sources = {
         "model_data.h": stamp + _header(
-            f"// The .tflite flatbuffer ({len(data):,} bytes), 16-byte aligned as TFLite Micro "
+            f"// The .tflite flatbuffer ({len(data):,} bytes"
+            + (f"; stripped for the device from {len(original):,}: tensor names are in "
+               "tensor_names.txt" if strip else "") + "), 16-byte aligned as TFLite Micro "
             f"requires.\nextern const unsigned char {array}[];\n"
             f"extern const unsigned int {array}_size;\n\n"
             f"#define TINYMOE_MODEL_DATA {array}\n#define TINYMOE_MODEL_DATA_SIZE {array}_size\n",
@@ -151,11 +160,14 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         "labels.cc": stamp + '#include "labels.h"\n\nconst char* const kLabels[kNumClasses] = {\n'
             + "".join(f"    {_c_string(label)},\n" for label in labels) + "};\n",
     }
+    sources["tensor_names.txt"] = "".join(
+        f"{subgraph} {index} {tensor}\n" for subgraph, tensors in enumerate(names["tensors"])
+        for index, tensor in enumerate(tensors))
     return sources
 
 
 def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes=None,
-                   arena_margin=0.1, arena_source=PYTHON_ARENA):
+                   arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True):
     """Writes the firmware files of :func:`firmware_sources` into ``out_dir``.
 
     All files are generated first, then moved into place one by one with ``os.replace``,
@@ -172,7 +184,7 @@ def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"Output path {out_dir!r} is a file, not a folder.")
     sources = firmware_sources(tflite_bytes, name, labels, arena_bytes, arena_margin,
-                               arena_source)
+                               arena_source, strip)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-firmware-", dir=parent)

@@ -143,16 +143,21 @@ def report(tflite_bytes, arena=True, arena_limit=None):
         arena_limit: bytes; raise :class:`ArenaError` if the arena needed is larger.
 
     Returns:
-        dict with ``flash_bytes`` (the whole flatbuffer), ``weight_bytes``, ``arena_bytes``,
+        dict with ``flash_bytes`` (the whole flatbuffer), ``device_model_bytes`` (the
+        flatbuffer as the firmware embeds it, :func:`strip_for_device`), ``weight_bytes``,
+        ``arena_bytes``,
         ``arena_note``, ``macs``, ``ops`` (per op, in order) and ``op_counts``.
 
     Example:
         >>> r = report(open("model.tflite", "rb").read())
         >>> r["flash_bytes"], r["arena_bytes"], r["macs"]
     """
+    from tinymoe.export.convert import strip_for_device
+
     ops = op_table(tflite_bytes)
     result = {
         "flash_bytes": len(tflite_bytes),
+        "device_model_bytes": len(strip_for_device(tflite_bytes)[0]),
         "weight_bytes": weight_bytes(tflite_bytes),
         "macs": int(sum(row["macs"] for row in ops)),
         "op_counts": dict(sorted(collections.Counter(row["op"] for row in ops).items())),
@@ -174,7 +179,8 @@ def format_report(result):
         >>> print(format_report(report(tflite_bytes)))
     """
     lines = [f"flash (model bytes): {result['flash_bytes']:,}",
-             f"  of which constant data: {result['weight_bytes']:,}"]
+             f"  of which constant data: {result['weight_bytes']:,}",
+             f"  as the firmware embeds it (stripped): {result['device_model_bytes']:,}"]
     if "arena_bytes" in result:
         lines.append(f"tensor arena (smallest that runs): {result['arena_bytes']:,}")
         lines.append(f"  {result['arena_note']}")
