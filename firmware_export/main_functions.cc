@@ -12,11 +12,22 @@
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_log.h"
 #include "tensorflow/lite/schema/schema_generated.h"
+#ifdef TINYMOE_RECORD_ALLOCATIONS
+#include "tensorflow/lite/micro/recording_micro_interpreter.h"
+#endif
 
 namespace {
 
+#ifdef TINYMOE_RECORD_ALLOCATIONS
+// Where the arena goes: activations (head) against persistent per-op state (tail). The
+// recording allocator keeps its own bookkeeping in the arena too (a few hundred bytes).
+using Interpreter = tflite::RecordingMicroInterpreter;
+#else
+using Interpreter = tflite::MicroInterpreter;
+#endif
+
 ModelOpResolver op_resolver;
-tflite::MicroInterpreter* interpreter = nullptr;
+Interpreter* interpreter = nullptr;
 alignas(16) uint8_t tensor_arena[kTensorArenaSize];
 uint8_t image[kInputSize];
 
@@ -33,8 +44,7 @@ bool setup_model() {
     MicroPrintf("Could not register the model's ops.");
     return false;
   }
-  static tflite::MicroInterpreter static_interpreter(model, op_resolver, tensor_arena,
-                                                     kTensorArenaSize);
+  static Interpreter static_interpreter(model, op_resolver, tensor_arena, kTensorArenaSize);
   interpreter = &static_interpreter;
   if (interpreter->AllocateTensors() != kTfLiteOk) {
     MicroPrintf("AllocateTensors failed: kTensorArenaSize (%d bytes) is too small?",
@@ -113,6 +123,9 @@ bool classify_and_print() {
     MicroPrintf("int8 output: %s", line);
   }
   MicroPrintf("Arena used: %d bytes.", static_cast<int>(interpreter->arena_used_bytes()));
+#ifdef TINYMOE_RECORD_ALLOCATIONS
+  interpreter->GetMicroAllocator().PrintAllocations();
+#endif
   return true;
 }
 

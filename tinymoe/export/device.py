@@ -43,6 +43,9 @@ class FirmwareRun:
         arena_size_bytes: ``kTensorArenaSize`` the app was built with.
         flash_bytes: on Cortex-M, ``.text + .rodata + .data`` of the whole image (else None).
         model_array_bytes: the model array's size (the ``.tflite`` file).
+        allocations: with ``record_allocations``, TFLM's RecordingMicroAllocator figures:
+            ``head`` (activations), ``tail`` (persistent: per-op state, tensor structs,
+            quantisation data) and ``by_type`` (name -> bytes); else None.
         log: everything the last run printed.
 
     Example:
@@ -57,6 +60,7 @@ class FirmwareRun:
     arena_size_bytes: int
     flash_bytes: int | None
     model_array_bytes: int
+    allocations: dict | None
     log: str
 
 
@@ -157,8 +161,15 @@ def _number(pattern, log):
     return int(match.group(1)) if match else None
 
 
+def _allocations(log):
+    by_type = {name: int(used) for name, used in re.findall(
+        r"\[RecordingMicroAllocator\] '(.*?)' used (\d+) bytes", log)}
+    return {"head": _number(r"Arena allocation head (\d+) bytes", log),
+            "tail": _number(r"Arena allocation tail (\d+) bytes", log), "by_type": by_type}
+
+
 def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=None,
-                 workdir=None):
+                 workdir=None, record_allocations=False):
     """Exports the model, builds the firmware app for ``target`` and classifies ``images``.
 
     Args:
@@ -170,6 +181,8 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
             measures it in the TFLM Python interpreter.
         workdir: where to put the generated files and the build (default: a temporary folder,
             removed afterwards).
+        record_allocations: build with TFLM's RecordingMicroInterpreter and report where the
+            arena goes (its bookkeeping adds a few hundred bytes to the tail).
 
     Returns:
         :class:`FirmwareRun`.
@@ -195,11 +208,13 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
     workdir = tempfile.mkdtemp(prefix="tinymoe-firmware-") if owned else workdir
     try:
         generated = os.path.join(os.path.abspath(workdir), "generated")
-        build = os.path.join(os.path.abspath(workdir), "build")
+        build = os.path.join(os.path.abspath(workdir),
+                             "build-record" if record_allocations else "build")
+        flags = ["RECORD_ALLOCATIONS=1"] if record_allocations else []
         write_firmware(tflite_bytes, generated, name="model", labels=labels,
                        arena_bytes=arena_bytes)
         build_tflm(target)
-        code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}")
+        code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}", *flags)
         if code != 0:
             raise FirmwareError(f"Building the firmware app for {target} failed:\n"
                                 + log[-3000:])
@@ -209,7 +224,7 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
         for i, image in enumerate(pixels.astype(np.uint8)):
             path = os.path.join(os.path.abspath(workdir), f"image_{i}.rgb")
             image.tofile(path)
-            code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}",
+            code, log = _make(target, f"GENERATED={generated}", f"BUILD={build}", *flags,
                               f"IMAGE={path}", "run", timeout=1800)
             if code != 0:
                 raise FirmwareError(f"The firmware app failed on image {i} ({target}):\n"
@@ -222,13 +237,14 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
             target=target, outputs=np.stack(outputs), top=top, arena_used_bytes=arena_used,
             arena_size_bytes=_number(r"kTensorArenaSize = (\d+);", settings),
             flash_bytes=_number(r"Flash: (\d+) bytes", log),
-            model_array_bytes=len(tflite_bytes), log=log)
+            model_array_bytes=len(tflite_bytes),
+            allocations=_allocations(log) if record_allocations else None, log=log)
     finally:
         if owned:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None):
+def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakdown=False):
     """The tensor arena and flash a model takes on ``target``'s build of TFLM.
 
     Builds the firmware app for ``target`` and classifies one grey image (the arena does not
@@ -240,6 +256,8 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None):
         target: ``"cortex-m3"`` or ``"host"``.
         arena_bytes: an arena known to be large enough (e.g. :func:`smallest_arena`'s); None
             measures it in the Python interpreter first.
+        breakdown: also run a recording build and report the arena's activations (head) and
+            persistent part (tail) by allocation type.
 
     Returns:
         dict: ``target``, ``arena_bytes`` (``arena_used_bytes()``), ``flash_bytes`` (None on
@@ -253,9 +271,15 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None):
 
     shape = [int(d) for d in Interpreter(model_content=bytes(tflite_bytes))
              .get_input_details()[0]["shape"]]
-    run = run_firmware(tflite_bytes, np.full(shape, 128, np.uint8), target=target,
-                       arena_bytes=arena_bytes)
-    return {"target": target, "arena_bytes": run.arena_used_bytes,
-            "flash_bytes": run.flash_bytes, "model_bytes": run.model_array_bytes,
-            "code_bytes": None if run.flash_bytes is None
-            else run.flash_bytes - run.model_array_bytes}
+    image = np.full(shape, 128, np.uint8)
+    run = run_firmware(tflite_bytes, image, target=target, arena_bytes=arena_bytes)
+    result = {"target": target, "arena_bytes": run.arena_used_bytes,
+              "flash_bytes": run.flash_bytes, "model_bytes": run.model_array_bytes,
+              "code_bytes": None if run.flash_bytes is None
+              else run.flash_bytes - run.model_array_bytes}
+    if breakdown:
+        recorded = run_firmware(tflite_bytes, image, target=target,
+                                arena_bytes=int(arena_bytes or run.arena_used_bytes) + 4096,
+                                record_allocations=True)
+        result["arena_breakdown"] = recorded.allocations
+    return result
