@@ -197,3 +197,31 @@ def test_report_and_export_measure_on_the_cortex_m3_build(tmp_path, capsys):
     settings = (firmware / "model_settings.h").read_text()
     assert f"// {device['arena_bytes']} bytes, plus a margin of 10%" in settings
     assert "the cortex-m3 build of TFLite Micro" in settings
+
+
+def _budget_export(name, tmp_path):
+    model = create_model(name, num_classes=100, input_shape=(128, 128, 3))
+    images = np.round(np.random.default_rng(4).uniform(0, 255, (8, 128, 128, 3)))
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(to_tflite(with_dispatch(model, "sparse", 1.25), images.astype(np.float32)))
+    return main(["export", str(path), "--out", str(tmp_path / name), "--target", "cortex-m3",
+                 "--arena-limit", "300000", "--flash-limit", "900000"])
+
+
+def test_the_mcu_flagship_fits_the_budget_on_cortex_m3(tmp_path, capsys):
+    """At 128x128 with 100 classes (arena and flash do not depend on the weights' values)."""
+    _require("cortex-m3")
+    assert _budget_export("mobilevit_v2_mcu_moe", tmp_path) == 0
+    settings = (tmp_path / "mobilevit_v2_mcu_moe" / "model_settings.h").read_text()
+    arena = int(re.search(r"// (\d+) bytes, plus a margin", settings).group(1))
+    assert "cortex-m3 build" in settings and arena <= 256 * 1024  # the aim; the limit is 300 KB
+    size = int(re.search(r"_size = (\d+);", (tmp_path / "mobilevit_v2_mcu_moe" /
+                                              "model_data.cc").read_text()).group(1))
+    assert size <= 900_000
+
+
+def test_todays_flagship_is_refused_by_the_budget(tmp_path, capsys):
+    _require("cortex-m3")
+    assert _budget_export("mobilevit_v2_moe_050", tmp_path) == 2
+    assert "more than the limit of 900,000 bytes" in capsys.readouterr().err
+    assert not (tmp_path / "mobilevit_v2_moe_050").exists()

@@ -4,7 +4,7 @@ import pytest
 import tinymoe
 from conftest import synthetic_images
 from tinymoe.backend import keras
-from tinymoe.models import MoEConfig, create_model, list_models, read_routing
+from tinymoe.models import MoEConfig, create_model, get_config, list_models, read_routing
 
 REFERENCE_PARAMS = {  # MobileViTv2 at 256x256 with 1000 classes (Mehta & Rastegari, 2022)
     "mobilevit_v2_050": 1.37e6,
@@ -103,3 +103,33 @@ def test_bad_model_requests_name_the_value(kwargs, message):
 def test_bad_moe_config_names_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoEConfig(**kwargs)
+
+
+def test_layout_validation_names_the_problem():
+    from tinymoe.models import MobileViTV2Config, StageConfig
+    good = MobileViTV2Config(layout=get_config("mobilevit_v2_mcu").layout)
+    stages = list(good.layout)
+    with pytest.raises(ValueError, match="layout must have 5 stages, got 4"):
+        MobileViTV2Config(layout=tuple(stages[:4]))
+    with pytest.raises(ValueError, match="downsample by 32, got strides"):
+        MobileViTV2Config(layout=(StageConfig(24, stride=1), *stages[1:]))
+    with pytest.raises(ValueError, match="Stage 2 must not have attention"):
+        MobileViTV2Config(layout=(stages[0], StageConfig(32, stride=1, attn_dim=16,
+                                                          attn_layers=1), *stages[2:]))
+
+
+def test_mcu_models_keep_every_activation_tensor_off_the_high_resolution_maps():
+    """The design rules of the MCU layout, read from the int8 graph at 128x128: no tensor
+    beyond the stem at 64x64, and no activation op (LOGISTIC, MUL of swish, HARD_SWISH)
+    above 16x16, where ReLU6 is fused into the convolutions."""
+    from tinymoe.export import op_table, to_tflite
+    model = create_model("mobilevit_v2_mcu_moe", num_classes=3, input_shape=(128, 128, 3))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 128, 128, 3)).astype(np.float32)
+    ops = op_table(to_tflite(model, images))
+    large = [row for row in ops if len(row["output_shape"]) == 4
+             and row["output_shape"][1] * row["output_shape"][2] >= 64 * 64]
+    assert [row["op"] for row in large] == ["CONV_2D"]  # the stem
+    assert ops[1]["op"] == "DEPTHWISE_CONV_2D" and ops[1]["output_shape"][1:3] == [32, 32]
+    separate = [row for row in ops if row["op"] in ("LOGISTIC", "HARD_SWISH", "RELU6")
+                and np.prod(row["output_shape"][:-1]) > 16 * 16]
+    assert not separate, separate

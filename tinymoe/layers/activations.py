@@ -6,6 +6,9 @@ _ACTIVATIONS = {
     None: None,
     "linear": None,
     "relu": tf.nn.relu,
+    # Fused into the convolution before it by the converter; bounded, so int8 keeps its
+    # resolution.
+    "relu6": tf.nn.relu6,
     # swish = x * sigmoid(x): LOGISTIC + MUL in TFLite.
     "swish": tf.nn.silu,
     # HARD_SWISH in TFLite.
@@ -17,7 +20,7 @@ def get_activation(name):
     """Returns the activation function called ``name`` (None or "linear" for identity).
 
     Args:
-        name: one of None, "linear", "relu", "swish", "hard_swish". GELU is not offered:
+        name: one of None, "linear", "relu", "relu6", "swish", "hard_swish". GELU is not offered:
             TFLite Micro has no kernel for it.
 
     Example:

@@ -4,7 +4,7 @@ import dataclasses
 import difflib
 
 from tinymoe.models.mobilevit_v2 import (
-    MobileViTV2Config, MoEConfig, build_mobilevit_v2, check_input_shape)
+    MobileViTV2Config, MoEConfig, StageConfig, build_mobilevit_v2, check_input_shape)
 from tinymoe.models.dispatch import has_experts, with_dispatch
 from tinymoe.models.tracing import read_routing, trace
 
@@ -76,6 +76,33 @@ register_model("mobilevit_v2_100", MobileViTV2Config(width=1.0))
 # of stages 4 and 5.
 register_model("mobilevit_v2_moe_050", MobileViTV2Config(width=0.5, moe=MoEConfig()))
 
-__all__ = ["MoEConfig", "MobileViTV2Config", "build_mobilevit_v2", "check_input_shape",
+# The microcontroller flagship, designed from Cortex-M3 measurements at 128x128
+# (benchmarks/results/mcu_design_128px.md): a 251 KB arena and an 841 KB .tflite
+# (100 classes; less once stripped for the device). No tensor at 64x64 beyond the stem
+# (stage 1 is a stride-2 depthwise block without expansion), one stage-2 block, ReLU6 in
+# every inverted residual (fused into the convolutions: no activation tensors), swish in
+# the attention stages; 4 experts (top-1, per patch) in the last transformer layer of
+# stage 4 (16 patches of 2x2 at 128x128).
+MCU_LAYOUT = (
+    StageConfig(24, blocks=1, stride=2, expand_ratio=1, activation="relu6"),
+    StageConfig(32, blocks=1, stride=1, activation="relu6"),
+    StageConfig(128, stride=2, activation="relu6", attn_dim=64, attn_layers=2),
+    StageConfig(128, stride=2, activation="relu6", attn_dim=80, attn_layers=2),
+    StageConfig(160, stride=2, activation="relu6", attn_dim=96, attn_layers=2),
+)
+register_model("mobilevit_v2_mcu", MobileViTV2Config(
+    layout=MCU_LAYOUT, stem_channels=16, stem_activation="relu6"))
+# The dense model at the MCU flagship's flash: its parameters spent on wider stages 4 and 5
+# instead of experts (615,962 against 616,110 at 100 classes).
+register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
+    layout=MCU_LAYOUT[:3] + (
+        StageConfig(144, stride=2, activation="relu6", attn_dim=88, attn_layers=2),
+        StageConfig(176, stride=2, activation="relu6", attn_dim=104, attn_layers=2)),
+    stem_channels=16, stem_activation="relu6"))
+register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
+    layout=MCU_LAYOUT, stem_channels=16, stem_activation="relu6",
+    moe=MoEConfig(layers=((4, -1),))))
+
+__all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2", "check_input_shape",
            "create_model", "get_config", "has_experts", "list_models", "read_routing",
            "register_model", "trace", "with_dispatch"]

@@ -11,6 +11,7 @@ and a feature map that 2x2 patches cannot tile is zero-padded instead of resized
 """
 
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 from tinymoe.backend import keras
@@ -67,6 +68,35 @@ class MoEConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One stage of an explicit layout: inverted residual blocks, then (optionally) a
+    MobileViTv2 block with attention.
+
+    Args:
+        channels: output channels of the inverted residual blocks.
+        blocks: number of inverted residual blocks.
+        stride: stride of the first block.
+        expand_ratio: expansion of the inverted residual blocks (1: no expansion
+            convolution, the depthwise convolution runs on the input channels).
+        activation: "swish", "hard_swish" (one HARD_SWISH op in int8) or "relu" (fused
+            into the convolution by the converter: no activation tensor at all).
+        attn_dim: attention width of the MobileViTv2 block; None for no attention.
+        attn_layers: transformer layers of that block.
+
+    Example:
+        >>> StageConfig(24, blocks=1, stride=2, expand_ratio=1, activation="relu")
+    """
+
+    channels: int
+    blocks: int = 1
+    stride: int = 2
+    expand_ratio: float = 2.0
+    activation: str = "swish"
+    attn_dim: Optional[int] = None
+    attn_layers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class MobileViTV2Config:
     """A MobileViTv2 variant: a width multiplier and, optionally, experts.
 
@@ -77,6 +107,11 @@ class MobileViTV2Config:
         expand_ratio: expansion of the inverted residual blocks.
         bn_momentum: batch norm momentum.
         dropout: dropout before the classifier.
+        layout: five :class:`StageConfig` that replace the width-derived stages (for
+            microcontroller variants); ``width`` then only sets the stem, unless
+            ``stem_channels`` is given.
+        stem_channels: channels of the stem convolution (None: from ``width``).
+        stem_activation: activation of the stem convolution.
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
@@ -88,9 +123,30 @@ class MobileViTV2Config:
     expand_ratio: float = 2.0
     bn_momentum: float = 0.9
     dropout: float = 0.1
+    layout: Optional[Tuple[StageConfig, ...]] = None
+    stem_channels: Optional[int] = None
+    stem_activation: str = "swish"
+
+    def __post_init__(self):
+        if self.layout is not None:
+            if len(self.layout) != 5:
+                raise ValueError(f"layout must have 5 stages, got {len(self.layout)}.")
+            if math.prod(stage.stride for stage in self.layout) * 2 != TOTAL_STRIDE:
+                raise ValueError(f"The stem (stride 2) and the layout's strides must downsample "
+                                 f"by {TOTAL_STRIDE}, got strides "
+                                 f"{[stage.stride for stage in self.layout]}.")
+            for number, stage in enumerate(self.layout, start=1):
+                if (stage.attn_dim is not None) != (number in TRANSFORMER_STAGES):
+                    raise ValueError(f"Stage {number} must {'' if number in TRANSFORMER_STAGES else 'not '}"
+                                     f"have attention (attn_dim), as MoE layers and "
+                                     f"routing expect stages {TRANSFORMER_STAGES} to.")
 
     def stages(self):
-        """The five stages as dicts: output channels, blocks, stride, attention width/layers."""
+        """The five stages as dicts: output channels, blocks, stride, expansion, activation,
+        attention width/layers."""
+        if self.layout is not None:
+            return [{key: value for key, value in dataclasses.asdict(stage).items()
+                     if value is not None} for stage in self.layout]
         w = self.width
         stages = [
             {"channels": make_divisible(64 * w, 16), "blocks": 1, "stride": 1},
@@ -102,7 +158,10 @@ class MobileViTV2Config:
                            "attn_layers": layers})
         return stages
 
-    def stem_channels(self):
+    def stem_width(self):
+        """Channels of the stem convolution."""
+        if self.stem_channels is not None:
+            return int(self.stem_channels)
         return make_divisible(min(max(32 * self.width, 16), 64), 8, 16)
 
 
@@ -133,12 +192,14 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
 
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    x = ConvBNAct(config.stem_channels(), 3, 2, bn_momentum=config.bn_momentum,
-                  name="stem")(x)
+    x = ConvBNAct(config.stem_width(), 3, 2, activation=config.stem_activation,
+                  bn_momentum=config.bn_momentum, name="stem")(x)
     for number, stage in enumerate(config.stages(), start=1):
         for block in range(stage["blocks"]):
             x = InvertedResidual(stage["channels"], stage["stride"] if block == 0 else 1,
-                                 config.expand_ratio, bn_momentum=config.bn_momentum,
+                                 stage.get("expand_ratio", config.expand_ratio),
+                                 activation=stage.get("activation", "swish"),
+                                 bn_momentum=config.bn_momentum,
                                  name=f"stage{number}_mv2_{block}")(x)
         if "attn_dim" in stage:
             attn_dim = stage["attn_dim"]
