@@ -92,7 +92,8 @@ def run_seed(data, seed, args, out):
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate)
     fine_tune = dataclasses.replace(recipe, epochs=args.moe_epochs,
-                                    learning_rate=args.learning_rate / 4, warmup_epochs=0.5)
+                                    learning_rate=args.moe_learning_rate or
+                                    args.learning_rate / 4, warmup_epochs=0.5)
     x_test, y_test = data.split("test")
     rows = []
 
@@ -200,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--rand-augment", action="store_true")
+    parser.add_argument("--moe-learning-rate", type=float,
+                        help="peak learning rate of the fine-tuning after upcycling (default: "
+                             "a quarter of --learning-rate)")
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--cluster-images", type=int, default=1024)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

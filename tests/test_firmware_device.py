@@ -19,7 +19,7 @@ import pytest
 from conftest import synthetic_images
 from tinymoe.backend import keras
 from tinymoe.cli import main
-from tinymoe.export import tflm_invoke, to_tflite
+from tinymoe.export import strip_for_device, tflm_invoke, to_tflite
 from tinymoe.export.device import (_make, firmware_dir, missing_requirements, run_firmware,
                                    tflm_paths)
 from tinymoe.export.runtime import _scale_zero_point
@@ -90,7 +90,7 @@ def test_cortex_m3_app_under_qemu_reproduces_python_tflm_byte_for_byte(flagship,
     # 32-bit pointers and structs: the device arena is never larger than the 64-bit host's.
     assert run.arena_used_bytes <= host_run[0].arena_used_bytes
     # The image's flash holds the model array, the TFLM code and the app: more than the array.
-    assert run.model_array_bytes == len(tflite_bytes) < run.flash_bytes
+    assert run.model_array_bytes == len(strip_for_device(tflite_bytes)[0]) < run.flash_bytes
     elf = tmp_path / "build" / "classify.elf"
     sizes = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True,
                            text=True, check=True).stdout
@@ -185,7 +185,7 @@ def test_report_and_export_measure_on_the_cortex_m3_build(tmp_path, capsys):
     device = result["device"]
     # 32-bit pointers and structs: never more than the 64-bit Python interpreter's arena.
     assert 0 < device["arena_bytes"] <= result["arena_bytes"]
-    assert device["model_bytes"] == len(tflite_bytes)
+    assert device["model_bytes"] == len(strip_for_device(tflite_bytes)[0])
     assert device["flash_bytes"] == device["model_bytes"] + device["code_bytes"]
     firmware = tmp_path / "fw"
     limit = str(device["arena_bytes"] - 1)

@@ -42,7 +42,8 @@ class FirmwareRun:
         arena_used_bytes: ``MicroInterpreter::arena_used_bytes()`` after the first invoke.
         arena_size_bytes: ``kTensorArenaSize`` the app was built with.
         flash_bytes: on Cortex-M, ``.text + .rodata + .data`` of the whole image (else None).
-        model_array_bytes: the model array's size (the ``.tflite`` file).
+        model_array_bytes: the size of the model array the app embeds (the ``.tflite``
+            stripped for the device, :func:`tinymoe.export.strip_for_device`).
         allocations: with ``record_allocations``, TFLM's RecordingMicroAllocator figures:
             ``head`` (activations), ``tail`` (persistent: per-op state, tensor structs,
             quantisation data) and ``by_type`` (name -> bytes); else None.
@@ -237,7 +238,8 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
             target=target, outputs=np.stack(outputs), top=top, arena_used_bytes=arena_used,
             arena_size_bytes=_number(r"kTensorArenaSize = (\d+);", settings),
             flash_bytes=_number(r"Flash: (\d+) bytes", log),
-            model_array_bytes=len(tflite_bytes),
+            model_array_bytes=_number(r"_size = (\d+);",
+                                      open(os.path.join(generated, "model_data.cc")).read()),
             allocations=_allocations(log) if record_allocations else None, log=log)
     finally:
         if owned:
