@@ -225,3 +225,23 @@ def test_todays_flagship_is_refused_by_the_budget(tmp_path, capsys):
     assert _budget_export("mobilevit_v2_moe_050", tmp_path) == 2
     assert "more than the limit of 900,000 bytes" in capsys.readouterr().err
     assert not (tmp_path / "mobilevit_v2_moe_050").exists()
+
+
+def test_lut_compressed_experts_run_on_cortex_m3_as_in_python(flagship, tmp_path, capsys):
+    """TFLM's DECODE op, on the Cortex-M3 build: the compressed model's output is the Python
+    interpreter's, byte for byte; `tinymoe export --lut` registers DECODE."""
+    _require("cortex-m3")
+    from tinymoe.export.compress import lut_compress
+    tflite_bytes, images = flagship
+    compressed = lut_compress(tflite_bytes, "experts", bits=4)[0]
+    run = run_firmware(compressed, images[:2], target="cortex-m3", workdir=str(tmp_path))
+    np.testing.assert_array_equal(run.outputs,
+                                  tflm_invoke(compressed, images[:2], dequantize_output=False))
+    assert run.model_array_bytes == len(strip_for_device(compressed)[0])
+    assert "AddDecode()" in (tmp_path / "generated" / "op_resolver.h").read_text()
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_bytes)
+    assert main(["export", str(path), "--out", str(tmp_path / "fw"), "--lut", "experts:4"]) == 0
+    assert "AddDecode()" in (tmp_path / "fw" / "op_resolver.h").read_text()
+    assert main(["export", str(path), "--out", str(tmp_path / "bad"), "--lut", "experts"]) == 2
+    assert "--lut takes GROUP:BITS" in capsys.readouterr().err

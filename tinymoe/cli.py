@@ -106,20 +106,29 @@ def _read_tflite(path):
     return data
 
 
-def _measure(tflite_bytes, args):
-    """report(), with the arena limit checked on the --target build when one is given."""
-    from tinymoe.export import ArenaError, report
-    from tinymoe.export.device import measure_on_device
+def _measure(tflite_bytes, args, device_bytes=None):
+    """report(), with the arena limit checked on the --target build when one is given.
 
-    if args.target == "python":
+    ``device_bytes``: the model as the device runs it when it differs from ``tflite_bytes``
+    (LUT-compressed: LiteRT, which counts the ops and MACs, cannot load it; the arena is
+    measured on it).
+    """
+    from tinymoe.export import ArenaError, report, smallest_arena
+    from tinymoe.export.device import measure_on_device
+    from tinymoe.export.report import ARENA_NOTE
+
+    if device_bytes is None and args.target == "python":
         return report(tflite_bytes, arena_limit=args.arena_limit)
-    result = report(tflite_bytes)
-    result["device"] = measure_on_device(tflite_bytes, args.target, result["arena_bytes"])
-    arena = result["device"]["arena_bytes"]
+    device_bytes = tflite_bytes if device_bytes is None else device_bytes
+    result = report(tflite_bytes, arena=False)
+    result.update(arena_bytes=smallest_arena(device_bytes), arena_note=ARENA_NOTE)
+    arena, where = result["arena_bytes"], ""
+    if args.target != "python":
+        result["device"] = measure_on_device(device_bytes, args.target, result["arena_bytes"])
+        arena, where = result["device"]["arena_bytes"], f" on the {args.target} build"
     if args.arena_limit and arena > args.arena_limit:
-        raise ArenaError(f"The model needs a tensor arena of {arena:,} bytes on the "
-                         f"{args.target} build, more than the limit of {args.arena_limit:,} "
-                         "bytes.")
+        raise ArenaError(f"The model needs a tensor arena of {arena:,} bytes{where}, more "
+                         f"than the limit of {args.arena_limit:,} bytes.")
     return result
 
 
@@ -169,16 +178,25 @@ def _export(args):
             labels = [line.strip() for line in handle if line.strip()]
     from tinymoe.export import strip_for_device
 
-    model_bytes = len(tflite_bytes if args.keep_names else strip_for_device(tflite_bytes)[0])
+    device_bytes = None
+    if args.lut:
+        from tinymoe.export.compress import lut_compress
+
+        group, _, bits = args.lut.partition(":")
+        if not bits.isdigit():
+            raise ValueError(f"--lut takes GROUP:BITS, e.g. experts:4, got {args.lut!r}.")
+        device_bytes = lut_compress(tflite_bytes, group, int(bits))[0]
+    embedded = tflite_bytes if device_bytes is None else device_bytes
+    model_bytes = len(embedded if args.keep_names else strip_for_device(embedded)[0])
     if args.flash_limit and model_bytes > args.flash_limit:
         raise ValueError(f"The model array takes {model_bytes:,} bytes of flash, more than the "
                          f"limit of {args.flash_limit:,} bytes.")
-    measured = _measure(tflite_bytes, args)
+    measured = _measure(tflite_bytes, args, device_bytes)
     arena, where = measured["arena_bytes"], "the TFLite Micro Python interpreter (64-bit host)"
     if "device" in measured:
         arena = measured["device"]["arena_bytes"]
         where = f"the {args.target} build of TFLite Micro (arena_used_bytes())"
-    paths = write_firmware(tflite_bytes, args.out, name=args.name, labels=labels,
+    paths = write_firmware(embedded, args.out, name=args.name, labels=labels,
                            arena_bytes=arena, arena_margin=args.arena_margin,
                            arena_source=where, strip=not args.keep_names)
     print(f"Wrote {len(paths)} files to {args.out}: model array {model_bytes:,} bytes, "
@@ -378,6 +396,11 @@ def build_parser():
                         help="fail, writing nothing, if the arena needed is larger")
     export.add_argument("--flash-limit", type=int, metavar="BYTES",
                         help="fail, writing nothing, if the model array is larger")
+    export.add_argument("--lut", metavar="GROUP:BITS",
+                        help="compress weights with TFLite Micro's look-up tables (DECODE op): "
+                             "experts:4 (the MoE layers' weights, 4-bit per-channel indices) "
+                             "or all:BITS (every convolution and fully connected weight); "
+                             "costs accuracy, see benchmarks/results/lut_compression_*.md")
     export.add_argument("--keep-names", action="store_true",
                         help="embed the .tflite as it is; by default names, metadata and "
                              "repeated zero points are stripped (about 12%% less flash, same "

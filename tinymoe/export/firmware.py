@@ -9,7 +9,7 @@ import tempfile
 
 from tinymoe import __version__
 from tinymoe.export.convert import strip_for_device
-from tinymoe.export.report import op_table, smallest_arena
+from tinymoe.export.report import smallest_arena
 
 FILES = ("model_data.h", "model_data.cc", "op_resolver.h", "model_settings.h", "labels.h",
          "labels.cc", "tensor_names.txt")
@@ -47,9 +47,39 @@ def _header(text, guard):
     return f"#ifndef {guard}\n#define {guard}\n\n{text}\n#endif  // {guard}\n"
 
 
-def _tensor_params(details):
-    params = details["quantization_parameters"]
-    return float(params["scales"][0]), int(params["zero_points"][0])
+def _tensor_params(tensor):
+    return float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
+
+
+# Custom ops that TFLite Micro ships, by custom code -> the name resolver_method() takes.
+_CUSTOM_OPS = {"TFLM_DECODE": "DECODE"}
+
+
+def model_facts(tflite_bytes):
+    """Inputs, outputs (flatbuffer tensors) and sorted op names of a model, read from the
+    flatbuffer itself, so that models LiteRT cannot load (LUT-compressed with DECODE ops,
+    stripped) work too.
+
+    Example:
+        >>> inputs, outputs, ops = model_facts(tflite_bytes)
+        >>> list(inputs[0].shape), ops[:2]
+        ([1, 128, 128, 3], ['ADD', 'CONV_2D'])
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    subgraph = model.subgraphs[0]
+    ops = set()
+    for op in subgraph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        custom = code.customCode.decode() if code.customCode else None
+        if custom is not None and custom not in _CUSTOM_OPS:
+            raise ValueError(f"The model uses the custom op {custom!r}, which TFLite Micro "
+                             "does not ship; the firmware cannot register it.")
+        ops.add(_CUSTOM_OPS[custom] if custom else
+                flatbuffer_utils.opcode_to_name(model, op.opcodeIndex))
+    return ([subgraph.tensors[i] for i in subgraph.inputs],
+            [subgraph.tensors[i] for i in subgraph.outputs], sorted(ops))
 
 
 def arena_with_margin(measured, margin=0.1):
@@ -85,28 +115,24 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         >>> sorted(sources)[:2]
         ['labels.cc', 'labels.h']
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     name = _identifier(name)
     original = bytes(tflite_bytes)
     data, names = strip_for_device(original)
     if not strip:
         data = original
-    interpreter = Interpreter(model_content=original)  # LiteRT refuses the stripped form
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    inputs, outputs, ops = model_facts(original)
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"The firmware template takes one input and one output; the model "
                          f"has {len(inputs)} and {len(outputs)}.")
-    shape = [int(d) for d in inputs[0]["shape"]]
+    shape = [int(d) for d in inputs[0].shape]
     if len(shape) != 4 or shape[0] != 1:
         raise ValueError(f"The model input must be one image [1, H, W, C], got {shape}.")
-    num_classes = int(outputs[0]["shape"][-1])
+    num_classes = int(outputs[0].shape[-1])
     if labels is None:
         labels = [f"class_{i}" for i in range(num_classes)]
     labels = [str(label) for label in labels]
     if len(labels) != num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs.")
-    ops = sorted({row["op"] for row in op_table(original)})
     measured = int(arena_bytes) if arena_bytes else smallest_arena(data)
     in_scale, in_zero = _tensor_params(inputs[0])
     out_scale, out_zero = _tensor_params(outputs[0])
