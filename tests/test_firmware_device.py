@@ -241,7 +241,10 @@ def test_lut_compressed_experts_run_on_cortex_m3_as_in_python(flagship, tmp_path
     assert "AddDecode()" in (tmp_path / "generated" / "op_resolver.h").read_text()
     path = tmp_path / "model.tflite"
     path.write_bytes(tflite_bytes)
-    assert main(["export", str(path), "--out", str(tmp_path / "fw"), "--lut", "experts:4"]) == 0
+    assert main(["export", str(path), "--out", str(tmp_path / "fw"), "--lut", "experts:4",
+                 "--target", "cortex-m3"]) == 0
     assert "AddDecode()" in (tmp_path / "fw" / "op_resolver.h").read_text()
+    settings = (tmp_path / "fw" / "model_settings.h").read_text()
+    assert f"// {run.arena_used_bytes} bytes, plus a margin" in settings
     assert main(["export", str(path), "--out", str(tmp_path / "bad"), "--lut", "experts"]) == 2
     assert "--lut takes GROUP:BITS" in capsys.readouterr().err

@@ -269,10 +269,9 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakd
         >>> measure_on_device(open("model.tflite", "rb").read())["arena_bytes"]
         206724
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from tinymoe.export.firmware import model_facts
 
-    shape = [int(d) for d in Interpreter(model_content=bytes(tflite_bytes))
-             .get_input_details()[0]["shape"]]
+    shape = [int(d) for d in model_facts(tflite_bytes)[0][0].shape]  # LUT-compressed too
     image = np.full(shape, 128, np.uint8)
     run = run_firmware(tflite_bytes, image, target=target, arena_bytes=arena_bytes)
     result = {"target": target, "arena_bytes": run.arena_used_bytes,
