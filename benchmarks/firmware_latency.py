@@ -37,7 +37,7 @@ def measure(name, size, repeats):
         model = with_dispatch(model, "sparse")
     tflite_bytes = to_tflite(model, images.astype(np.float32))
     with tempfile.TemporaryDirectory() as workdir:
-        run = run_firmware(tflite_bytes, images[:1], target="host", workdir=workdir)
+        run_firmware(tflite_bytes, images[:1], target="host", workdir=workdir)  # builds the app
         app, image = os.path.join(workdir, "build", "classify"), os.path.join(workdir,
                                                                              "image_0.rgb")
         interpreter = runtime.Interpreter.from_bytes(tflite_bytes, arena_size=8 << 20)

@@ -11,26 +11,28 @@ import numpy as np
 
 GROUPS = ("experts", "all")
 _WEIGHTED_OPS = {"FULLY_CONNECTED": 0, "CONV_2D": 0, "DEPTHWISE_CONV_2D": 3}
+_INT8 = 9  # tflite.TensorType.INT8
 
 
-def _selected(tflite_bytes, group):
-    """(tensor index, channel axis) of each weight tensor in ``group``."""
-    from ai_edge_litert.interpreter import Interpreter
+def _selected(model, group):
+    """(tensor index, channel axis) of each int8 weight tensor in ``group``, read from the
+    flatbuffer object ``model``."""
+    from tensorflow.lite.tools import flatbuffer_utils
 
-    interpreter = Interpreter(model_content=bytes(tflite_bytes))
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    subgraph = model.subgraphs[0]
     chosen = {}
-    for op in interpreter._get_ops_details():
-        if op["op_name"] not in _WEIGHTED_OPS:
+    for op in subgraph.operators:
+        name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        if name not in _WEIGHTED_OPS:
             continue
-        weight = details[op["inputs"][1]]
-        if weight["dtype"] != np.int8:
+        weight = subgraph.tensors[op.inputs[1]]
+        if weight.type != _INT8:
             continue
         # The experts are FULLY_CONNECTED; the router (a 1x1 CONV_2D) stays as it is.
-        if group == "experts" and (op["op_name"] != "FULLY_CONNECTED"
-                                   or "/moe/" not in weight["name"]):
+        if group == "experts" and (name != "FULLY_CONNECTED"
+                                   or b"/moe/" not in (weight.name or b"")):
             continue
-        chosen[int(weight["index"])] = _WEIGHTED_OPS[op["op_name"]]
+        chosen[int(op.inputs[1])] = _WEIGHTED_OPS[name]
     return chosen
 
 
@@ -95,9 +97,9 @@ def lut_compress(tflite_bytes, group="experts", bits=4):
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}.")
     if not 1 <= int(bits) <= 7:
         raise ValueError(f"bits must be 1 to 7 (TFLM's LUT index widths), got {bits}.")
-    chosen = _selected(tflite_bytes, group)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
     tensors = model.subgraphs[0].tensors
+    chosen = _selected(model, group)
     # A value table per channel: a small tensor (a stem, a depthwise kernel) would grow.
     chosen = {index: axis for index, axis in chosen.items()
               if _packed_bytes(tensors[index].shape, axis, int(bits)) < np.prod(

@@ -20,8 +20,8 @@ def get_activation(name):
     """Returns the activation function called ``name`` (None or "linear" for identity).
 
     Args:
-        name: one of None, "linear", "relu", "relu6", "swish", "hard_swish". GELU is not offered:
-            TFLite Micro has no kernel for it.
+        name: one of None, "linear", "relu", "relu6", "swish", "hard_swish". GELU is not
+            offered: TFLite Micro has no kernel for it.
 
     Example:
         >>> get_activation("swish")(tf.constant([0.0])).numpy()

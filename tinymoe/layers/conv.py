@@ -15,7 +15,7 @@ class ConvBNAct(ScopedBuildMixin, keras.layers.Layer):
         kernel_size: int, square kernel size.
         strides: int, stride of the convolution.
         depthwise: bool, a depthwise convolution (one filter per input channel).
-        activation: None, "relu", "swish" or "hard_swish".
+        activation: None, "relu", "relu6", "swish" or "hard_swish".
         use_norm: bool, add batch normalisation (the convolution then has no bias).
         bn_momentum: float, batch norm momentum; 0.9 is the reference's (PyTorch's 0.1).
             With 0.99, a few hundred steps leave the moving variance near its initial 1.0,

@@ -90,19 +90,18 @@ MCU_LAYOUT = (
     StageConfig(128, stride=2, activation="relu6", attn_dim=80, attn_layers=2),
     StageConfig(160, stride=2, activation="relu6", attn_dim=96, attn_layers=2),
 )
-register_model("mobilevit_v2_mcu", MobileViTV2Config(
-    layout=MCU_LAYOUT, stem_channels=16, stem_activation="relu6"))
+_MCU_STEM = {"stem_channels": 16, "stem_activation": "relu6"}
+register_model("mobilevit_v2_mcu", MobileViTV2Config(layout=MCU_LAYOUT, **_MCU_STEM))
 # The dense model at the MCU flagship's flash: its parameters spent on wider stages 4 and 5
 # instead of experts (615,962 against 616,110 at 100 classes).
 register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
     layout=MCU_LAYOUT[:3] + (
         StageConfig(144, stride=2, activation="relu6", attn_dim=88, attn_layers=2),
         StageConfig(176, stride=2, activation="relu6", attn_dim=104, attn_layers=2)),
-    stem_channels=16, stem_activation="relu6"))
+    **_MCU_STEM))
 register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
-    layout=MCU_LAYOUT, stem_channels=16, stem_activation="relu6",
-    moe=MoEConfig(layers=((4, -1),))))
+    layout=MCU_LAYOUT, moe=MoEConfig(layers=((4, -1),)), **_MCU_STEM))
 
-__all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2", "check_input_shape",
-           "create_model", "get_config", "has_experts", "list_models", "read_routing",
-           "register_model", "trace", "with_dispatch"]
+__all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2",
+           "check_input_shape", "create_model", "get_config", "has_experts", "list_models",
+           "read_routing", "register_model", "trace", "with_dispatch"]

@@ -78,8 +78,8 @@ class StageConfig:
         stride: stride of the first block.
         expand_ratio: expansion of the inverted residual blocks (1: no expansion
             convolution, the depthwise convolution runs on the input channels).
-        activation: "swish", "hard_swish" (one HARD_SWISH op in int8) or "relu" (fused
-            into the convolution by the converter: no activation tensor at all).
+        activation: "swish", "hard_swish" (one HARD_SWISH op in int8), or "relu6" / "relu"
+            (fused into the convolution by the converter: no activation tensor at all).
         attn_dim: attention width of the MobileViTv2 block; None for no attention.
         attn_layers: transformer layers of that block.
 
@@ -136,10 +136,11 @@ class MobileViTV2Config:
                                  f"by {TOTAL_STRIDE}, got strides "
                                  f"{[stage.stride for stage in self.layout]}.")
             for number, stage in enumerate(self.layout, start=1):
-                if (stage.attn_dim is not None) != (number in TRANSFORMER_STAGES):
-                    raise ValueError(f"Stage {number} must {'' if number in TRANSFORMER_STAGES else 'not '}"
-                                     f"have attention (attn_dim), as MoE layers and "
-                                     f"routing expect stages {TRANSFORMER_STAGES} to.")
+                wanted = number in TRANSFORMER_STAGES
+                if (stage.attn_dim is not None) != wanted:
+                    raise ValueError(f"Stage {number} must {'' if wanted else 'not '}have "
+                                     f"attention (attn_dim), as MoE layers and routing expect "
+                                     f"stages {TRANSFORMER_STAGES} to.")
 
     def stages(self):
         """The five stages as dicts: output channels, blocks, stride, expansion, activation,
