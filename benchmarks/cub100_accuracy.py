@@ -15,7 +15,10 @@ the random one. Model choices use the validation split; test accuracy is reporte
 
 Example (the full run, hours on 2 cores):
     python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --seeds 0 1
-The microcontroller comparison (reduced schedule, 8 dense + 4 MoE epochs):
+The microcontroller comparison, one 12-epoch schedule, the MoE upcycled at epoch 8:
+    python benchmarks/cub100_accuracy.py --size 128 --epochs 12 --upcycle-at 8 --int8 \
+        --variants mcu_dense mcu_moe_cluster --out benchmarks/results/cub100_mcu_128px_resumed
+The earlier microcontroller comparison (8 dense epochs, then 4 MoE epochs on a new schedule):
     python benchmarks/cub100_accuracy.py --size 128 --epochs 8 --moe-epochs 4 --int8 \
         --device --variants mcu_dense mcu_moe_cluster mcu_wide cnn_peer \
         --out benchmarks/results/cub100_mcu_128px_reduced
@@ -25,6 +28,7 @@ Smoke run (minutes):
 
 import argparse
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -86,14 +90,29 @@ def subset(data, per_class):
                                splits=data.splits[keep], paths=data.paths[keep])
 
 
+def upcycle_from(dense_summary, args):
+    """The dense checkpoint an MoE starts from: epoch --upcycle-at, else the best epoch."""
+    if args.upcycle_at:
+        return os.path.join(os.path.dirname(dense_summary["best"]),
+                            f"epoch{args.upcycle_at}.keras")
+    return dense_summary["best"]
+
+
 def run_seed(data, seed, args, out):
     tinymoe.keras.utils.set_random_seed(seed)
     augment = AugmentConfig(crop=True, flip=True, rand_augment=args.rand_augment)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate)
-    fine_tune = dataclasses.replace(recipe, epochs=args.moe_epochs,
-                                    learning_rate=args.moe_learning_rate or
-                                    args.learning_rate / 4, warmup_epochs=0.5)
+    if args.upcycle_at:
+        # One schedule for all: the dense run saves epoch N, the MoE resumes there.
+        recipe = dataclasses.replace(recipe, save_epochs=(args.upcycle_at,))
+        fine_tune = dataclasses.replace(recipe, initial_epoch=args.upcycle_at, save_epochs=())
+        moe_epochs = f"{args.upcycle_at}+{args.epochs - args.upcycle_at} resumed"
+    else:
+        fine_tune = dataclasses.replace(recipe, epochs=args.moe_epochs,
+                                        learning_rate=args.moe_learning_rate or
+                                        args.learning_rate / 4, warmup_epochs=0.5)
+        moe_epochs = f"{args.epochs}+{args.moe_epochs}"
     x_test, y_test = data.split("test")
     rows = []
 
@@ -123,11 +142,11 @@ def run_seed(data, seed, args, out):
                 continue
             start = time.time()
             path = f"{out}/seed{seed}/{name}_init.keras"
-            upcycle_run(dense["best"], data, path, moe_config, router=router,
+            upcycle_run(upcycle_from(dense, args), data, path, moe_config, router=router,
                         num_images=args.cluster_images, seed=seed)
             _, summary = train_run(path, data, f"{out}/seed{seed}/{name}", fine_tune, augment,
                                    verbose=2)
-            record(name, summary, start, f"{args.epochs}+{args.moe_epochs}")
+            record(name, summary, start, moe_epochs)
     if wanted & {"mcu_dense", "mcu_moe_cluster"}:
         start = time.time()
         _, dense = train_run("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu_dense", recipe,
@@ -137,15 +156,15 @@ def run_seed(data, seed, args, out):
         if "mcu_moe_cluster" in wanted:
             start = time.time()
             path = f"{out}/seed{seed}/mcu_moe_cluster_init.keras"
-            upcycle_run(dense["best"], data, path,
+            upcycle_run(upcycle_from(dense, args), data, path,
                         get_config("mobilevit_v2_mcu_moe").moe, router="cluster",
                         num_images=args.cluster_images, seed=seed)
             _, summary = train_run(path, data, f"{out}/seed{seed}/mcu_moe_cluster", fine_tune,
                                    augment, verbose=2)
-            record("mcu_moe_cluster", summary, start, f"{args.epochs}+{args.moe_epochs}")
+            record("mcu_moe_cluster", summary, start, moe_epochs)
     # Compared against an upcycled MoE, which trained epochs + moe-epochs in all.
-    compare = dataclasses.replace(recipe, epochs=args.compare_epochs or
-                                  args.epochs + args.moe_epochs)
+    compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
+        args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
     if "mcu_wide" in wanted:
         start = time.time()
         _, summary = train_run("mobilevit_v2_mcu_wide", data, f"{out}/seed{seed}/mcu_wide",
@@ -198,6 +217,10 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--moe-epochs", type=int, default=10, help="fine-tuning after upcycling")
+    parser.add_argument("--upcycle-at", type=int, metavar="N",
+                        help="one schedule for all: dense models train --epochs saving epoch "
+                             "N, MoE models upcycle from it and resume the schedule to "
+                             "--epochs (--moe-epochs, --moe-learning-rate unused)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--rand-augment", action="store_true")

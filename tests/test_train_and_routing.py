@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import numpy as np
@@ -21,6 +22,58 @@ def test_schedule_warms_up_then_decays_by_cosine():
     assert float(schedule(20)) == pytest.approx(1e-3, rel=1e-3)
     assert float(schedule(60)) < float(schedule(40)) < 1e-3
     assert float(schedule(100)) == pytest.approx(1e-5, rel=1e-2)
+
+
+def test_resumed_schedule_continues_the_cosine_where_the_checkpoint_stood():
+    full = TrainConfig(epochs=10, learning_rate=1e-3, warmup_epochs=2)
+    resumed = dataclasses.replace(full, initial_epoch=6, resume_warmup_epochs=0.5)
+    base = learning_rate_schedule(full, steps_per_epoch=10)
+    schedule = learning_rate_schedule(resumed, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0  # fresh optimizer moments: re-warmed from 0
+    # After the 5-step re-warm-up, step k of the resumed run is step 60 + k of the full one.
+    for k in (5, 20, 39):
+        assert float(schedule(k)) == pytest.approx(float(base(60 + k)), rel=1e-6)
+    assert float(schedule(2)) == pytest.approx(0.4 * float(base(62)), rel=1e-6)
+    restored = type(schedule).from_config(schedule.get_config())
+    assert float(restored(20)) == pytest.approx(float(schedule(20)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 4, "initial_epoch": 4}, "initial_epoch"),
+    ({"epochs": 4, "save_epochs": (5,)}, "save_epochs"),
+    ({"epochs": 4, "initial_epoch": 2, "save_epochs": (2,)}, "save_epochs"),
+])
+def test_bad_resume_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def tiny_classifier(num_classes=3):
+    return keras.Sequential([keras.layers.Input((8, 8, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes)])
+
+
+def test_dense_run_saves_the_upcycling_checkpoint_and_a_resumed_run_trains_the_rest(tmp_path):
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic_images(24, 8, 3)
+    train = make_dataset(images, labels, 3, batch_size=8, training=True)
+    dense = tiny_classifier()
+    fit(dense, train, train, TrainConfig(epochs=3, warmup_epochs=0, save_epochs=(2,)),
+        out_dir=str(tmp_path / "dense"), verbose=0)
+    checkpoint = tmp_path / "dense" / "epoch2.keras"
+    assert sorted(os.listdir(tmp_path / "dense")) == ["best.keras", "epoch2.keras", "log.csv"]
+    model = keras.models.load_model(checkpoint, compile=False)
+    history = fit(model, train, train, TrainConfig(epochs=3, initial_epoch=2, warmup_epochs=0),
+                  out_dir=str(tmp_path / "moe"), verbose=0)
+    assert len(history.history["loss"]) == 1  # only the third epoch
+    assert (tmp_path / "moe" / "log.csv").read_text().splitlines()[1].startswith("2,")
+    # 3 steps per epoch, so the resumed run's steps are steps 6-8 of the one schedule; the
+    # optimizer reports the rate of the last step it applied: step 8's (re-warm-up over).
+    one = learning_rate_schedule(TrainConfig(epochs=3, warmup_epochs=0), steps_per_epoch=3)
+    assert int(model.optimizer.iterations) == 3
+    assert float(model.optimizer.learning_rate) == pytest.approx(float(one(8)), rel=1e-6)
+    with pytest.raises(ValueError, match="out_dir"):
+        fit(tiny_classifier(), train, None, TrainConfig(epochs=2, save_epochs=(1,)), verbose=0)
 
 
 def test_loss_falls_on_a_small_learnable_task(tmp_path):

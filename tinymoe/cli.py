@@ -50,7 +50,8 @@ def _train(args):
     data = load_dataset(args.data, args.input_size)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
-                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing)
+                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                         initial_epoch=args.initial_epoch, save_epochs=tuple(args.save_epochs))
     _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
                            train_dispatch=args.train_dispatch,
                            capacity_factor=args.capacity_factor)
@@ -272,6 +273,14 @@ def build_parser():
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=2e-3, help="peak (default 2e-3)")
     train.add_argument("--warmup-epochs", type=float, default=2.0)
+    train.add_argument("--save-epochs", type=int, nargs="+", default=[], metavar="N",
+                       help="also write OUT/epoch<N>.keras after these epochs (e.g. the "
+                            "checkpoint to upcycle from)")
+    train.add_argument("--initial-epoch", type=int, default=0, metavar="N",
+                       help="resume the --epochs schedule at epoch N: train epochs N+1 to "
+                            "--epochs with the learning rate where the schedule stood, "
+                            "re-warmed over half an epoch (for a model upcycled from "
+                            "epoch<N>.keras; keep the other settings of the first run)")
     train.add_argument("--weight-decay", type=float, default=0.05)
     train.add_argument("--label-smoothing", type=float, default=0.1)
     train.add_argument("--augment", choices=("none", "default", "digits", "strong"),

@@ -55,7 +55,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     """Trains ``model`` (a registry name or a loaded model) on ``data`` and writes its files.
 
     Writes ``best.keras`` (best validation accuracy), ``log.csv`` and ``summary.json`` into
-    ``out_dir``. ``train_dispatch="sparse"`` trains a mixture of experts with the fixed
+    ``out_dir`` (and ``epoch<N>.keras`` for each of ``config.save_epochs``). ``train_dispatch="sparse"`` trains a mixture of experts with the fixed
     capacity its sparse export will have (capacity-aware fine-tuning, see
     :func:`tinymoe.models.with_dispatch`); validation runs the masked form.
 
@@ -87,13 +87,15 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     seconds = time.time() - start
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
+    trained = config.epochs - config.initial_epoch
     summary = {
         **profile(best),
         "model": model.name,
         "epochs": config.epochs,
+        "initial_epoch": config.initial_epoch,
         "train_images": int(len(x_train)),
         "train_seconds": round(seconds, 1),
-        "images_per_second": round(config.epochs * len(x_train) / seconds, 1),
+        "images_per_second": round(trained * len(x_train) / seconds, 1),
         "val_accuracy": evaluate(best, x_val, y_val, data.num_classes) if len(x_val) else None,
         "final_train_accuracy": float(history.history["accuracy"][-1]),
         "best": best_path,

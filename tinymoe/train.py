@@ -3,7 +3,7 @@
 import dataclasses
 import os
 
-from tinymoe.backend import keras
+from tinymoe.backend import keras, tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,9 +18,21 @@ class TrainConfig:
         min_learning_rate_ratio: the cosine ends at this share of the peak.
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         label_smoothing: label smoothing of the cross-entropy.
+        initial_epoch: resume the schedule of ``epochs`` epochs here: training runs epochs
+            ``initial_epoch`` to ``epochs`` and the learning rate follows the cosine from
+            where it stood, re-warmed over ``resume_warmup_epochs`` for the fresh
+            optimizer state.
+            For a model upcycled from the checkpoint of a dense run at that epoch, so that
+            dense and MoE models see the same number of epochs on one schedule.
+        resume_warmup_epochs: with ``initial_epoch``, the linear re-warm-up, in epochs.
+        save_epochs: also write ``epoch<N>.keras`` at the end of these epochs (e.g. the
+            checkpoint to upcycle from).
 
     Example:
         >>> fit(model, train, val, TrainConfig(epochs=30, learning_rate=2e-3), "runs/x")
+        >>> # dense to epoch 30 (saving epoch 20), then the upcycled MoE from epoch 20 to 30:
+        >>> TrainConfig(epochs=30, save_epochs=(20,))
+        >>> TrainConfig(epochs=30, initial_epoch=20)
     """
 
     epochs: int = 30
@@ -30,16 +42,67 @@ class TrainConfig:
     min_learning_rate_ratio: float = 0.01
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    initial_epoch: int = 0
+    resume_warmup_epochs: float = 0.5
+    save_epochs: tuple = ()
+
+    def __post_init__(self):
+        if not 0 <= self.initial_epoch < self.epochs:
+            raise ValueError(f"initial_epoch must lie in [0, epochs={self.epochs}), "
+                             f"got {self.initial_epoch}.")
+        bad = [e for e in self.save_epochs if not self.initial_epoch < e <= self.epochs]
+        if bad:
+            raise ValueError(f"save_epochs {bad} lie outside the epochs this run trains "
+                             f"({self.initial_epoch + 1} to {self.epochs}).")
+
+
+@keras.saving.register_keras_serializable(package="tinymoe")
+class ResumedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` from step ``offset`` on, ramped linearly from 0 over ``warmup`` steps.
+
+    Example:
+        >>> ResumedSchedule(learning_rate_schedule(TrainConfig(epochs=30), 100), 2000, 50)
+    """
+
+    def __init__(self, schedule, offset, warmup=0):
+        super().__init__()
+        self.schedule, self.offset, self.warmup = schedule, int(offset), int(warmup)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        rate = self.schedule(step + self.offset)
+        if self.warmup:
+            rate = rate * tf.minimum(1.0, step / self.warmup)
+        return rate
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "offset": self.offset, "warmup": self.warmup}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
 
 
 def learning_rate_schedule(config, steps_per_epoch):
     """Linear warm-up to ``config.learning_rate``, then cosine decay over the remaining steps.
+
+    With ``config.initial_epoch`` > 0, the same schedule from that epoch on (step 0 of the
+    returned schedule is the first step of epoch ``initial_epoch``), re-warmed from 0 over
+    ``resume_warmup_epochs``.
 
     Example:
         >>> schedule = learning_rate_schedule(TrainConfig(epochs=10), steps_per_epoch=100)
         >>> float(schedule(0))
         0.0
     """
+    if config.initial_epoch:
+        full = learning_rate_schedule(
+            dataclasses.replace(config, initial_epoch=0, save_epochs=()), steps_per_epoch)
+        return ResumedSchedule(full, config.initial_epoch * steps_per_epoch,
+                               round(config.resume_warmup_epochs * steps_per_epoch))
     total = max(1, int(config.epochs * steps_per_epoch))
     warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
     return keras.optimizers.schedules.CosineDecay(
@@ -71,23 +134,49 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
     return model
 
 
-def training_callbacks(out_dir, monitor="val_accuracy"):
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the model as ``<out_dir>/epoch<N>.keras`` at the end of each epoch N in ``epochs``.
+
+    Epochs count from 1 as Keras prints them. Written atomically.
+
+    Example:
+        >>> model.fit(train, epochs=30, callbacks=[EpochCheckpoint("runs/dense", (20,))])
+    """
+
+    def __init__(self, out_dir, epochs):
+        super().__init__()
+        self.out_dir, self.epochs = out_dir, set(int(e) for e in epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            from tinymoe.files import atomic_path
+
+            with atomic_path(os.path.join(self.out_dir, f"epoch{epoch + 1}.keras")) as tmp:
+                self.model.save(tmp)
+
+
+def training_callbacks(out_dir, monitor="val_accuracy", save_epochs=()):
     """Callbacks for any ``model.fit``: best checkpoint (``best.keras``) and a CSV log.
 
     Args:
         out_dir: folder for ``best.keras`` and ``log.csv`` (created if missing).
         monitor: the metric that decides which epoch is best (maximised).
+        save_epochs: also save ``epoch<N>.keras`` after these epochs (see
+            :class:`EpochCheckpoint`).
 
     Example:
         >>> model.fit(train, validation_data=val, epochs=10,
         ...           callbacks=training_callbacks("runs/dense"))
     """
     os.makedirs(out_dir, exist_ok=True)
-    return [
+    callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor,
                                         mode="max", save_best_only=True, verbose=0),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv")),
     ]
+    if save_epochs:
+        callbacks.append(EpochCheckpoint(out_dir, save_epochs))
+    return callbacks
 
 
 def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerly=False,
@@ -117,7 +206,9 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     callbacks = list(callbacks)
     if out_dir is not None:
         monitor = "val_accuracy" if val_data is not None else "accuracy"
-        callbacks += training_callbacks(out_dir, monitor)
+        callbacks += training_callbacks(out_dir, monitor, config.save_epochs)
+    elif config.save_epochs:
+        raise ValueError("save_epochs needs an out_dir to write the checkpoints into.")
     return model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                     callbacks=callbacks, verbose=verbose)
+                     initial_epoch=config.initial_epoch, callbacks=callbacks, verbose=verbose)
 
