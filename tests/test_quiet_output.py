@@ -1,0 +1,80 @@
+"""TensorFlow's own log lines stay out of tinymoe's output unless asked for (--verbose)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from tinymoe.backend import filter_log_text
+from tinymoe.cli import build_parser
+
+# What TensorFlow 2.21 prints while it loads on a machine without a GPU, and how absl
+# prefixes a line (severity, date, time, thread, file:line).
+TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |absl::InitializeLog|"
+                         r"oneDNN custom operations|cuda drivers|cpu_feature_guard|cuInit",
+                         re.MULTILINE)
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(command, **env):
+    """Runs ``command`` with TF_CPP_MIN_LOG_LEVEL unset (conftest sets it for this process)."""
+    clean = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(command, env={**clean, **env}, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_filter_drops_only_log_lines_below_the_level():
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+            "STDERR\n"
+            "I0000 00:00:1796013607.033044   25984 port.cc:153] oneDNN custom operations are on.\n"
+            "I0000 00:00:1796013607.074539   25984 cpu_feature_guard.cc:227] This TensorFlow "
+            "binary is optimized\n"
+            "To enable the following instructions: AVX2 FMA, rebuild TensorFlow.\n"
+            "/x/y.py:3: UserWarning: a warning of the user's own\n"
+            "To enable the following instructions: (a line of the user's)\n"
+            "W0000 00:00:1796013789.194134   26620 cache_dataset_ops.cc:912] The calling "
+            "iterator did not fully read the dataset\n"
+            "E0000 00:00:1796013741.936626   26322 cuda_platform.cc:52] failed call to cuInit: "
+            "INTERNAL\n"
+            "E0000 00:00:1796013741.936626   26322 some_kernel.cc:52] a real error\n")
+    kept, dropped = filter_log_text(text, 2)
+    assert kept == ("/x/y.py:3: UserWarning: a warning of the user's own\n"
+                    "To enable the following instructions: (a line of the user's)\n"
+                    "E0000 00:00:1796013741.936626   26322 some_kernel.cc:52] a real error\n")
+    assert len(dropped) == 6
+    kept_1, _ = filter_log_text(text, 1)  # warnings kept; a failed cuInit is one
+    assert "cache_dataset_ops" in kept_1 and "cuInit" in kept_1 and "port.cc" not in kept_1
+    assert filter_log_text(text, 0) == (text, [])
+    assert filter_log_text(text, 3)[0].count("\n") == 2
+
+
+def test_tinymoe_help_prints_no_tensorflow_log_lines():
+    result = _run([os.path.join(BIN, "tinymoe"), "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "evaluate" in result.stdout and "predict" in result.stdout
+    assert not TF_LOG_LINE.search(result.stderr), result.stderr
+
+
+def test_every_subcommand_help_prints_no_tensorflow_log_lines():
+    """In one process (one TensorFlow import): each command's --help, then the lines that
+    tinymoe hid while TensorFlow loaded."""
+    code = ("import json, sys\nfrom tinymoe.cli import build_parser, main\n"
+            "for command in sys.argv[1:]:\n"
+            "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
+            "from tinymoe.backend import HIDDEN_LOG_LINES\n"
+            "print(json.dumps(HIDDEN_LOG_LINES))\n")
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)
+    assert {"evaluate", "predict", "train", "export"} <= set(commands)
+    result = _run([sys.executable, "-c", code, *commands])
+    assert result.returncode == 0, result.stderr
+    for command in commands:
+        assert f"usage: tinymoe {command}" in result.stdout
+    assert not TF_LOG_LINE.search(result.stderr), result.stderr
+    hidden = json.loads(result.stdout.strip().splitlines()[-1])
+    # --verbose shows what the default hid (TensorFlow prints them again when it loads).
+    verbose = _run([os.path.join(BIN, "tinymoe"), "--verbose", "report", "missing.tflite"])
+    assert verbose.returncode == 2
+    assert verbose.stderr.rstrip().endswith("Model file 'missing.tflite' does not exist.")
+    messages = {line.split("] ", 1)[-1] for line in verbose.stderr.splitlines()}
+    assert all(line.split("] ", 1)[-1] in messages for line in hidden), verbose.stderr
