@@ -5,7 +5,8 @@ import pytest
 
 from tinymoe.augment import AugmentConfig, make_dataset
 from tinymoe.backend import tf
-from tinymoe.data import load_dataset, load_digits, load_image_folder, scan_image_folder
+from tinymoe.data import (load_dataset, load_digits, load_image_folder, read_image, read_labels,
+                          scan_image_folder, write_labels)
 
 
 def write_image(path, seed, size=20):
@@ -27,6 +28,7 @@ def folder(tmp_path):
 def test_class_order_is_sorted_and_images_are_resized(folder):
     data = load_image_folder(str(folder), 16, progress=False)
     assert data.class_names == ["finch", "robin", "wren"]
+    assert data.hashed_splits and not load_digits(8).hashed_splits
     assert data.images.shape == (9, 16, 16, 3) and data.images.dtype == np.uint8
     assert np.bincount(data.labels).tolist() == [3, 3, 3]
     again = load_image_folder(str(folder), 16, progress=False)
@@ -40,8 +42,31 @@ def test_a_truncated_jpeg_is_skipped_and_counted_in_one_warning(folder):
     with pytest.warns(UserWarning, match="Skipped 2 unreadable image") as record:
         data = load_image_folder(str(folder), 16, progress=False)
     assert len(record) == 1
+    message = str(record[0].message)  # each file named, what is wrong said in plain words
+    for name in ("finch/broken.jpg", "robin/text.jpg"):
+        assert f"{folder / name}: not a JPEG/PNG/BMP/GIF image or truncated; skipped" in message
+    assert "function_node" not in message and "{{" not in message
     assert len(data.images) == 9
     assert not any("broken" in p or "text" in p for p in data.paths)
+
+
+def test_read_image_says_why_a_file_cannot_be_read(folder, tmp_path):
+    assert read_image(str(folder / "wren" / "0.jpg"), 8).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="gone.png: cannot be read \\(No such file"):
+        read_image(str(tmp_path / "gone.png"), 8)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.png: not a JPEG/PNG/BMP/GIF image"):
+        read_image(str(tmp_path / "empty.png"), 8)
+
+
+def test_labels_files_round_trip_and_refuse_empty(tmp_path):
+    write_labels(str(tmp_path / "labels.txt"), ["wren", "song thrush"])
+    assert read_labels(str(tmp_path / "labels.txt")) == ["wren", "song thrush"]
+    (tmp_path / "blank.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="names no class"):
+        read_labels(str(tmp_path / "blank.txt"))
+    with pytest.raises(ValueError, match="does not exist"):
+        read_labels(str(tmp_path / "missing.txt"))
 
 
 def test_an_empty_class_folder_is_an_error_naming_it(folder):
@@ -56,7 +81,7 @@ def test_split_file_is_respected(folder):
                      "images/finch/0.jpg,finch,train\nimages/finch/1.jpg,finch,val\n"
                      "images/robin/0.jpg,robin,test\nimages/wren/2.jpg,wren,train\n")
     data = load_dataset(str(folder.parent), 16, progress=False)
-    assert len(data.images) == 4
+    assert len(data.images) == 4 and not data.hashed_splits
     assert data.splits.tolist() == ["train", "val", "test", "train"]
     assert data.labels.tolist() == [0, 0, 1, 2]
     x_val, y_val = data.split("val")

@@ -15,9 +15,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinymoe.backend import tf
+from tinymoe.files import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
+_LISTED = 10  # unreadable files named in the warning
 
 
 @dataclasses.dataclass
@@ -30,6 +32,8 @@ class ImageData:
         splits: ``[N]`` strings, "train", "val" or "test".
         class_names: class names in label order (sorted folder names).
         paths: ``[N]`` source file paths ("" for built-in data).
+        hashed_splits: the splits were assigned by a hash of each path (a folder without a
+            split file), not given with the data.
 
     Example:
         >>> data = load_dataset("digits", 32)
@@ -41,6 +45,7 @@ class ImageData:
     splits: np.ndarray
     class_names: list
     paths: np.ndarray
+    hashed_splits: bool = False
 
     def split(self, name):
         """``(images, labels)`` of one split."""
@@ -132,11 +137,35 @@ def _read_split_file(split_file, class_index):
     return paths, labels, splits
 
 
+def read_image(path, size):
+    """Reads one image file and resizes it to uint8 ``[size, size, 3]`` (antialiased).
+
+    Raises:
+        ValueError: naming the file and saying what is wrong ("not a JPEG/PNG/BMP/GIF image
+            or truncated", or why it cannot be read).
+
+    Example:
+        >>> read_image("photos/wren/1.jpg", 128).shape
+        (128, 128, 3)
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+        raise ValueError(f"{path}: not a JPEG/PNG/BMP/GIF image or truncated") from None
+    image = tf.image.resize(image, (size, size), antialias=True)
+    return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
+
+
 def decode_images(paths, size, progress=True):
     """Decodes and resizes image files to uint8 ``[N, size, size, 3]``.
 
     A file that cannot be read or decoded (truncated, not an image) is skipped; all of them
-    are counted in one warning.
+    are listed, each with what is wrong, in one warning.
 
     Returns:
         (images, kept): the images, and a boolean mask of the paths that decoded.
@@ -148,18 +177,16 @@ def decode_images(paths, size, progress=True):
     for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img",
                                   disable=not progress)):
         try:
-            raw = tf.io.read_file(path)
-            image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-            image = tf.image.resize(image, (size, size), antialias=True)
-        except (tf.errors.OpError, ValueError) as error:
-            failed.append((str(path), str(error).strip().splitlines()[0][:80]))
+            images.append(read_image(str(path), size))
+        except ValueError as error:
+            failed.append(str(error))
             continue
-        images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
         kept[i] = True
     if failed:
-        shown = "; ".join(f"{p} ({e})" for p, e in failed[:3])
-        warnings.warn(f"Skipped {len(failed)} unreadable image(s) of {len(paths)}: {shown}"
-                      + (" ..." if len(failed) > 3 else ""), stacklevel=2)
+        shown = "".join(f"\n  {reason}; skipped" for reason in failed[:_LISTED])
+        more = f"\n  ... and {len(failed) - _LISTED} more" if len(failed) > _LISTED else ""
+        warnings.warn(f"Skipped {len(failed)} unreadable image(s) of {len(paths)}:{shown}{more}",
+                      stacklevel=2)
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return stacked, kept
 
@@ -175,7 +202,8 @@ def load_image_folder(image_dir, size, split_file=None, progress=True, **split_k
     paths, labels, splits, class_names = scan_image_folder(image_dir, split_file,
                                                            **split_kwargs)
     images, kept = decode_images(paths, size, progress)
-    return ImageData(images, labels[kept], splits[kept], class_names, paths[kept])
+    return ImageData(images, labels[kept], splits[kept], class_names, paths[kept],
+                     hashed_splits=split_file is None)
 
 
 def load_dataset(source, size, progress=True):
@@ -224,3 +252,29 @@ def load_digits(size=32, seed=0):
     splits[order[n_train + n_val:]] = "test"
     return ImageData(images, digits.target.astype(np.int32), splits,
                      [str(i) for i in range(10)], np.full(len(images), "", dtype="<U1"))
+
+
+def write_labels(path, class_names):
+    """Writes class names, one per line (``labels.txt``), atomically.
+
+    Example:
+        >>> write_labels("runs/dense/labels.txt", data.class_names)
+    """
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.write("".join(f"{name}\n" for name in class_names))
+
+
+def read_labels(path):
+    """Class names from a labels file, one per line (blank lines ignored).
+
+    Example:
+        >>> read_labels("runs/opt/labels.txt")[:2]
+        ['0', '1']
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"Labels file {path!r} does not exist.")
+    with open(path) as handle:
+        names = [line.strip() for line in handle if line.strip()]
+    if not names:
+        raise ValueError(f"Labels file {path!r} names no class.")
+    return names
