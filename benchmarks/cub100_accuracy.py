@@ -206,9 +206,26 @@ def markdown(rows, meta):
             lines.append(f"| {r['variant']} | {r['seed']} | {r['test_top1']:.3f} | "
                          f"{r['int8_test_top1']:.3f} | {r['tflite_bytes']:,} | "
                          f"{r['device_model_bytes']:,} | "
-                         f"{r.get('cortex_m3_arena_bytes', 0):,} | "
-                         f"{r.get('cortex_m3_flash_bytes', 0):,} |")
+                         f"{bytes_or_dash(r.get('cortex_m3_arena_bytes'))} | "
+                         f"{bytes_or_dash(r.get('cortex_m3_flash_bytes'))} |")
+    seeds = {r["seed"] for r in rows}
+    if len(seeds) > 1:
+        lines += ["", f"Over seeds {sorted(seeds)}: mean (lowest, highest).", "",
+                  "| variant | seeds | test top-1 | int8 test top-1 |", "|---|---|---|---|"]
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == variant]
+            cells = []
+            for key in ("test_top1", "int8_test_top1"):
+                values = [r[key] for r in mine if key in r]
+                cells.append(f"{np.mean(values):.3f} ({min(values):.3f}, {max(values):.3f})"
+                             if values else "—")
+            lines.append(f"| {variant} | {len(mine)} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def bytes_or_dash(value):
+    """``value`` with thousands separators, or a dash where it was not measured."""
+    return "—" if value is None else f"{value:,}"
 
 
 def main(argv=None):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -50,9 +52,22 @@ def test_moe_model_has_experts_where_configured_and_routing_can_be_read():
     routing = read_routing(model, images)
     # Default flagship: the last transformer layer of stages 4 (4 layers) and 5 (3 layers).
     assert sorted(routing) == ["stage4_mvit/transformer_3", "stage5_mvit/transformer_2"]
-    # 96x96 input: stage 4 is 6x6 (9 patches), stage 5 is 3x3, padded to 4x4 (4 patches).
+    # 96x96 input: stage 4 is 6x6 (9 patches >= 2 x 4 experts: one route per patch);
+    # stage 5 is 3x3, padded to 4x4 (4 patches < 8): "auto" routes its 4 x 4 tokens one by one.
     assert routing["stage4_mvit/transformer_3"]["probs"].shape == (3, 1, 9, 4)
-    assert routing["stage5_mvit/transformer_2"]["experts"].shape == (3, 1, 4, 1)
+    assert routing["stage5_mvit/transformer_2"]["experts"].shape == (3, 4, 4, 1)
+
+
+def test_a_per_patch_layer_with_fewer_than_two_patches_per_expert_is_refused():
+    config = MoEConfig(num_experts=4, layers=((4, -1), (5, -1)), routing="patch")
+    # 128x128: stage 4 is 8x8 (16 patches, enough); stage 5 is 4x4 (4 patches).
+    with pytest.raises(ValueError, match=r"stage5_mvit: per-patch routing needs at least "
+                                         r"2 x 4 experts = 8 patches per image, but this "
+                                         r"layer has 4"):
+        create_model("mobilevit_v2_050", num_classes=3, input_shape=(128, 128, 3), moe=config)
+    model = create_model("mobilevit_v2_050", num_classes=3, input_shape=(128, 128, 3),
+                         moe=dataclasses.replace(config, layers=((4, -1),)))
+    assert model.get_layer("stage4_mvit").transformer[3].ffn.routing == "patch"
 
 
 def test_moe_config_is_an_override_away():

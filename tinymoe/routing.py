@@ -17,7 +17,9 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
 from tinymoe.backend import keras
-from tinymoe.layers import MobileViTV2Block, MoEFeedForward
+from tinymoe.layers import MobileViTV2Block
+from tinymoe.models.dispatch import moe_layers
+from tinymoe.models.mobilevit_v2 import num_patches
 from tinymoe.models.tracing import trace
 
 ROUTER_INITS = ("cluster", "random")
@@ -31,7 +33,7 @@ def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
         images: ``[B, H, W, C]`` pixel values.
         keys: layer keys ``"<block>/transformer_<i>"``.
         routing: "patch" averages the P pixel tokens of each patch (what a per-patch router
-            sees); "token" keeps every token.
+            sees); "token" keeps every token; or a dict from key to one of them.
 
     Returns:
         dict from key to float32 ``[num_patches_or_tokens, d]``.
@@ -47,7 +49,7 @@ def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
             raise ValueError(f"The model has no transformer layer {key!r}; it has "
                              f"{sorted(infos)}.")
         tokens = infos[key]["ffn_input"]  # [B, P, N, d]
-        if routing == "patch":
+        if (routing[key] if isinstance(routing, dict) else routing) == "patch":
             tokens = tokens.mean(axis=1)  # -> [B, N, d]
         embeddings[key] = tokens.reshape(-1, tokens.shape[-1]).astype(np.float32)
     return embeddings
@@ -161,12 +163,13 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
     keras.utils.set_random_seed(seed)
     moe_model = _moe_architecture(dense_model, moe_config)
     _copy_shared_weights(dense_model, moe_model)
-    keys = [key for key, _ in _moe_layers(moe_model)]
-    embeddings = (collect_embeddings(dense_model, images, keys, moe_config.routing, batch_size)
+    keys = list(moe_layers(moe_model))
+    routings = {key: moe.routing for key, moe in moe_layers(moe_model).items()}
+    embeddings = (collect_embeddings(dense_model, images, keys, routings, batch_size)
                   if router == "cluster" else {})
     rng = np.random.default_rng(seed)
     report = {}
-    for key, moe in _moe_layers(moe_model):
+    for key, moe in moe_layers(moe_model).items():
         block_name, layer_name = key.split("/")
         index = int(layer_name.rsplit("_", 1)[1])
         _copy_experts(dense_model.get_layer(block_name).transformer[index].ffn, moe, noise, rng)
@@ -203,8 +206,10 @@ def _moe_architecture(dense_model, moe_config):
             raise ValueError(f"Experts start as copies of the dense feed-forward, so "
                              f"expert_hidden_dim must be None or {block['ffn_dim']} for "
                              f"{block_name!r}, got {hidden}.")
+        height, width = dense_model.get_layer(block_name).input_shape[1:3]
         block["moe_layers"] = list(indices)
-        block["moe"] = moe_config.layer_kwargs()
+        block["moe"] = moe_config.layer_kwargs(num_patches(height, width, block["patch_size"]),
+                                               block_name)
     config["name"] = f"{dense_model.name}_moe"
     return keras.Model.from_config(config)
 
@@ -224,15 +229,6 @@ def _copy_shared_weights(dense_model, moe_model):
                     getattr(layer, name).set_weights(getattr(source, name).get_weights())
             else:
                 layer.set_weights(source.get_weights())
-
-
-def _moe_layers(model):
-    """``(key, MoEFeedForward)`` for every mixture-of-experts layer of ``model``."""
-    for layer in model.layers:
-        if isinstance(layer, MobileViTV2Block):
-            for index, transformer in enumerate(layer.transformer):
-                if isinstance(transformer.ffn, MoEFeedForward):
-                    yield f"{layer.name}/transformer_{index}", transformer.ffn
 
 
 def _copy_experts(dense_ffn, moe, noise, rng):

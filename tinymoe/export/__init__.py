@@ -1,6 +1,7 @@
 """From a trained Keras model to int8 TFLite that runs in TensorFlow Lite Micro, and the
 firmware files that carry it."""
 
+from tinymoe.export.capacity import CapacityReport, calibrate_capacity, capacity_grid
 from tinymoe.export.check import TflmCheck, TflmUnsupportedError, check_tflm
 from tinymoe.export.convert import strip_for_device, to_tflite
 from tinymoe.export.firmware import firmware_sources, write_firmware
@@ -9,7 +10,7 @@ from tinymoe.export.runtime import (
     dequantize, litert_invoke, op_names, quantize, tflm_invoke)
 
 __all__ = [
-    "ArenaError", "TflmCheck", "TflmUnsupportedError", "check_tflm", "dequantize",
+    "ArenaError", "CapacityReport", "calibrate_capacity", "capacity_grid", "TflmCheck", "TflmUnsupportedError", "check_tflm", "dequantize",
     "firmware_sources", "format_report", "litert_invoke", "op_names", "op_table", "quantize",
     "report", "smallest_arena", "strip_for_device", "tflm_invoke", "to_tflite", "write_firmware",
 ]

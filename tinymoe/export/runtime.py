@@ -92,7 +92,9 @@ def litert_invoke(tflite_bytes, x, quantized_input=False, dequantize_output=True
     Args:
         reference_kernels: use LiteRT's reference kernels, from which TFLite Micro's are
             ported; they agree with TFLite Micro bit for bit. LiteRT's optimised kernels
-            round some products differently (1 LSB per op), which adds up over a deep model.
+            (False: about 4x faster; without the XNNPACK delegate, whose allocation aborts
+            on some int8 mixture-of-experts graphs) round some products differently (1 LSB
+            per op), which adds up over a deep model.
         Other arguments as :func:`tflm_invoke`.
 
     Example:
@@ -100,7 +102,8 @@ def litert_invoke(tflite_bytes, x, quantized_input=False, dequantize_output=True
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
+    resolver = (OpResolverType.BUILTIN_REF if reference_kernels
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter = Interpreter(model_content=bytes(tflite_bytes),
                               experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()

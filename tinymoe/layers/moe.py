@@ -28,6 +28,44 @@ from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin
 
 ROUTING_MODES = ("patch", "token")
+# What a model's MoE configuration may say: "auto" becomes "patch" or "token" per layer.
+MODEL_ROUTING_MODES = ROUTING_MODES + ("auto",)
+
+
+def resolve_routing(routing, num_patches, num_experts, where):
+    """The routing of an MoE layer with ``num_patches`` patches in a model.
+
+    A per-patch layer needs at least 2 patches per expert: with fewer, one image's patches
+    cannot spread over the experts and a fixed-capacity dispatch wastes most of its slots
+    (at 4 patches and 4 experts, any capacity factor below 3 gives 2 slots per expert,
+    twice the feed-forwards of one expert). "auto" routes such a layer per token and the
+    others per patch; an explicit "patch" is refused there.
+
+    Args:
+        routing: "patch", "token" or "auto".
+        num_patches: patches per image at the layer.
+        num_experts: E.
+        where: the layer's name, for the error message.
+
+    Returns:
+        "patch" or "token".
+
+    Example:
+        >>> resolve_routing("auto", 4, 4, "stage5_mvit")
+        'token'
+    """
+    if routing not in MODEL_ROUTING_MODES:
+        raise ValueError(f"routing must be one of {MODEL_ROUTING_MODES}, got {routing!r}.")
+    enough = int(num_patches) >= 2 * int(num_experts)
+    if routing == "auto":
+        return "patch" if enough else "token"
+    if routing == "patch" and not enough:
+        raise ValueError(
+            f"{where}: per-patch routing needs at least 2 x {num_experts} experts = "
+            f"{2 * int(num_experts)} patches per image, but this layer has {num_patches}. "
+            f"Route it per token (routing='token' or 'auto') or move the experts to a stage "
+            f"with more patches (a larger input).")
+    return routing
 
 
 def top_k_mask(probs, k):
@@ -222,6 +260,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     def build(self, input_shape):
         dim = int(input_shape[-1])
         experts, hidden = self.num_experts, self.hidden_dim
+        self.tokens_shape = tuple(input_shape[1:3])  # (P, N)
 
         def uniform(fan_in, fan_out):
             limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -309,6 +348,12 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         # sum_e g_e (W_e h_e + b_e) = W (g * h) + g @ b
         return _pointwise(gated, kernel_out) + _pointwise(gates, self.expert_bias_out)
 
+    def dispatch_units(self):
+        """What one image's sparse dispatch shares out among the experts: its N patches
+        (per-patch routing) or its P x N tokens (per-token routing). Known once built."""
+        positions, patches = self.tokens_shape
+        return int(patches) if self.routing == "patch" else int(positions) * int(patches)
+
     def capacity(self, num_patches):
         """Slots per expert in sparse dispatch: ``ceil(capacity_factor * patches / E)``."""
         return expert_capacity(self.capacity_factor, num_patches, self.num_experts)
@@ -367,8 +412,10 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                 "normalize_gates": self.normalize_gates}
 
 
-def validate_moe_args(num_experts, top_k, routing, hidden_dim=1):
+def validate_moe_args(num_experts, top_k, routing, hidden_dim=1, modes=ROUTING_MODES):
     """Raises a ValueError naming the bad value in a mixture-of-experts configuration.
+
+    ``modes``: the routings allowed (a model configuration also allows "auto").
 
     Example:
         >>> validate_moe_args(num_experts=4, top_k=5, routing="patch")  # ValueError
@@ -377,8 +424,8 @@ def validate_moe_args(num_experts, top_k, routing, hidden_dim=1):
         raise ValueError(f"num_experts must be at least 1, got {num_experts}.")
     if not 1 <= int(top_k) <= int(num_experts):
         raise ValueError(f"top_k must be between 1 and num_experts={num_experts}, got {top_k}.")
-    if routing not in ROUTING_MODES:
-        raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}.")
+    if routing not in modes:
+        raise ValueError(f"routing must be one of {modes}, got {routing!r}.")
     if int(hidden_dim) < 1:
         raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
 

@@ -99,6 +99,9 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         moe_layers: tuple of indices (0-based, negative counts from the end) of the
             transformer layers whose feed-forward is a mixture of experts.
         moe: dict of :class:`MoEFeedForward` arguments for those layers.
+        capacity_factors: dict from a layer index (of ``moe_layers``) to its own sparse
+            dispatch capacity factor, overriding ``moe``'s (calibrated per layer, see
+            :func:`tinymoe.export.calibrate_capacity`).
         activation: activation of the convolutions and feed-forwards.
         bn_momentum: float, batch norm momentum.
         dropout: float, dropout inside the transformer layers.
@@ -110,7 +113,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
     """
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
-                 activation="swish", bn_momentum=0.9, dropout=0.0, **kwargs):
+                 activation="swish", bn_momentum=0.9, dropout=0.0, capacity_factors=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)
@@ -120,6 +124,12 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         if self.moe_layers and moe is None:
             raise ValueError(f"{self.name}: moe_layers={self.moe_layers} needs a moe config.")
         self.moe = None if moe is None else dict(moe)
+        self.capacity_factors = {_layer_index(i, self.num_layers): float(f)
+                                 for i, f in (capacity_factors or {}).items()}
+        stray = sorted(set(self.capacity_factors) - set(self.moe_layers))
+        if stray:
+            raise ValueError(f"{self.name}: capacity_factors for layers {stray}, which have "
+                             f"no experts (moe_layers={self.moe_layers}).")
         self.activation = activation
         self.bn_momentum = float(bn_momentum)
         self.dropout = float(dropout)
@@ -127,13 +137,21 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         self.local_pw = keras.layers.Conv2D(self.attn_dim, 1, use_bias=False, name="local_pw")
         self.unfold = PatchUnfold(self.patch_size, name="unfold")
         self.transformer = [
-            TransformerLayer(self.ffn_dim, moe=self.moe if i in self.moe_layers else None,
+            TransformerLayer(self.ffn_dim, moe=self._layer_moe(i),
                              activation=activation, dropout=self.dropout,
                              name=f"transformer_{i}")
             for i in range(self.num_layers)]
         self.norm = LayerNorm(name="norm")
         self.fold = None
         self.conv_proj = None
+
+    def _layer_moe(self, index):
+        """The MoE arguments of transformer layer ``index`` (None: a dense feed-forward)."""
+        if index not in self.moe_layers:
+            return None
+        if index in self.capacity_factors:
+            return {**self.moe, "capacity_factor": self.capacity_factors[index]}
+        return self.moe
 
     def build(self, input_shape):
         channels, height, width = int(input_shape[-1]), input_shape[1], input_shape[2]
@@ -182,6 +200,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         return {**super().get_config(), "attn_dim": self.attn_dim, "ffn_dim": self.ffn_dim,
                 "num_layers": self.num_layers, "patch_size": self.patch_size,
                 "moe_layers": list(self.moe_layers), "moe": self.moe,
+                "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
                 "dropout": self.dropout}
 

@@ -5,7 +5,7 @@ import difflib
 
 from tinymoe.models.mobilevit_v2 import (
     MobileViTV2Config, MoEConfig, StageConfig, build_mobilevit_v2, check_input_shape)
-from tinymoe.models.dispatch import has_experts, with_dispatch
+from tinymoe.models.dispatch import has_experts, moe_layers, with_dispatch
 from tinymoe.models.tracing import read_routing, trace
 
 _REGISTRY = {}
@@ -104,4 +104,4 @@ register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
 
 __all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2",
            "check_input_shape", "create_model", "get_config", "has_experts", "list_models",
-           "read_routing", "register_model", "trace", "with_dispatch"]
+           "moe_layers", "read_routing", "register_model", "trace", "with_dispatch"]

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 from tinymoe.backend import keras
 from tinymoe.layers import ConvBNAct, InvertedResidual, MobileViTV2Block, make_divisible
-from tinymoe.layers.moe import validate_moe_args
+from tinymoe.layers.moe import MODEL_ROUTING_MODES, resolve_routing, validate_moe_args
 
 TOTAL_STRIDE = 32
 TRANSFORMER_STAGES = (3, 4, 5)
@@ -32,7 +32,8 @@ class MoEConfig:
         layers: ``(stage, index)`` pairs naming the transformer layers that get experts:
             stage 3, 4 or 5 (the three MobileViTv2 stages with attention), index within that
             stage's transformer layers (negative counts from the end).
-        routing: "patch" or "token".
+        routing: "auto" (per patch where a layer has at least 2 x E patches per image, per
+            token elsewhere), "patch" (refused for a layer with fewer patches) or "token".
         activation: expert activation, "swish" or "hard_swish".
         expert_hidden_dim: hidden width of each expert; None keeps the dense feed-forward's
             width, so that experts can start as copies of a trained dense feed-forward.
@@ -46,7 +47,7 @@ class MoEConfig:
     num_experts: int = 4
     top_k: int = 1
     layers: Tuple[Tuple[int, int], ...] = ((4, -1), (5, -1))
-    routing: str = "patch"
+    routing: str = "auto"
     activation: str = "swish"
     expert_hidden_dim: Optional[int] = None
     aux_loss_weight: float = 0.01
@@ -54,15 +55,17 @@ class MoEConfig:
 
     def __post_init__(self):
         validate_moe_args(self.num_experts, self.top_k, self.routing,
-                          self.expert_hidden_dim or 1)
+                          self.expert_hidden_dim or 1, MODEL_ROUTING_MODES)
         for stage, _ in self.layers:
             if stage not in TRANSFORMER_STAGES:
                 raise ValueError(f"MoE layer stage must be one of {TRANSFORMER_STAGES}, got "
                                  f"{stage}.")
 
-    def layer_kwargs(self):
-        """Arguments for :class:`tinymoe.layers.MoEFeedForward` (hidden width excepted)."""
-        return {"num_experts": self.num_experts, "top_k": self.top_k, "routing": self.routing,
+    def layer_kwargs(self, num_patches, where):
+        """Arguments for :class:`tinymoe.layers.MoEFeedForward` (hidden width excepted) in a
+        block with ``num_patches`` patches per image (``where``: its name, for errors)."""
+        routing = resolve_routing(self.routing, num_patches, self.num_experts, where)
+        return {"num_experts": self.num_experts, "top_k": self.top_k, "routing": routing,
                 "activation": self.activation, "aux_loss_weight": self.aux_loss_weight,
                 "normalize_gates": self.normalize_gates}
 
@@ -207,7 +210,8 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
             ffn_dim = int(config.ffn_multiplier * attn_dim) // 16 * 16
             moe = None
             if number in moe_layers:
-                moe = {**config.moe.layer_kwargs()}
+                moe = config.moe.layer_kwargs(num_patches(x.shape[1], x.shape[2]),
+                                              f"stage{number}_mvit")
                 ffn_dim = config.moe.expert_hidden_dim or ffn_dim
             x = MobileViTV2Block(attn_dim, ffn_dim, stage["attn_layers"],
                                  moe_layers=tuple(moe_layers.get(number, ())), moe=moe,
@@ -217,6 +221,17 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(int(num_classes), name="classifier")(x)
     return keras.Model(inputs, outputs, name=name or "mobilevit_v2")
+
+
+def num_patches(height, width, patch_size=2):
+    """Patches per image of a MobileViTv2 block on a ``height`` x ``width`` feature map
+    (padded up to whole patches).
+
+    Example:
+        >>> num_patches(4, 4)  # stage 5 of a 128x128 model
+        4
+    """
+    return -(-int(height) // patch_size) * -(-int(width) // patch_size)
 
 
 def check_input_shape(input_shape):
