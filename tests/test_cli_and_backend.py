@@ -80,7 +80,7 @@ def test_cli_help_of_every_command_names_its_options(capsys):
     import pytest as _pytest
 
     for command in ("models", "train", "upcycle", "analyze", "optimize", "report", "export",
-                    "demo"):
+                    "evaluate", "predict", "demo"):
         with _pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

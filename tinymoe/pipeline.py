@@ -1,13 +1,16 @@
 """The whole job as functions that read and write files: what the CLI and `make demo` run."""
 
+import dataclasses
 import os
+import tempfile
 import time
 
 import numpy as np
 
 from tinymoe.augment import AugmentConfig, make_dataset
-from tinymoe.backend import keras
-from tinymoe.data import load_dataset
+from tinymoe.backend import keras, tf
+from tinymoe.data import load_dataset, write_labels
+from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also used from here)
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
@@ -25,66 +28,91 @@ def load_model(path):
     return keras.models.load_model(path, compile=False)
 
 
-def evaluate(model, images, labels, num_classes, batch_size=64):
-    """Top-1 accuracy of ``model`` on ``images``.
+DISTRIBUTE = ("none", "mirrored")
+
+
+def distribution_strategy(distribute=None):
+    """The ``tf.distribute`` strategy that ``distribute`` names.
+
+    Args:
+        distribute: None or "none" (the default strategy: one device), "mirrored"
+            (``tf.distribute.MirroredStrategy``, one replica per GPU, or per logical CPU
+            device on a machine without GPUs), or a ``tf.distribute.Strategy``.
 
     Example:
-        >>> evaluate(model, x_val, y_val, num_classes=10)
-        0.978
+        >>> distribution_strategy("mirrored").num_replicas_in_sync
+        2
     """
-    dataset = make_dataset(images, labels, num_classes, batch_size)
-    logits = np.concatenate([model(x, training=False).numpy() for x, _ in dataset])
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
+    if isinstance(distribute, tf.distribute.Strategy):
+        return distribute
+    if distribute in (None, "none"):
+        return tf.distribute.get_strategy()
+    if distribute != "mirrored":
+        raise ValueError(f"Unknown distribution {distribute!r}; choose one of {DISTRIBUTE}.")
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
-def evaluate_tflite(tflite_bytes, images, labels):
-    """Top-1 accuracy of a full-int8 ``.tflite`` model run in the TFLite Micro interpreter.
-
-    Example:
-        >>> evaluate_tflite(open("model.tflite", "rb").read(), x_val, y_val)
-        0.975
-    """
-    from tinymoe.export import tflm_invoke
-
-    logits = tflm_invoke(tflite_bytes, np.asarray(images, np.float32))
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
+def _model_to_train(model, data):
+    """A registry name, a ``.keras`` path or a model, built in the current strategy's scope."""
+    if isinstance(model, str):
+        if model.endswith(".keras"):
+            return load_model(model)
+        if model in list_models():
+            return create_model(model, num_classes=data.num_classes,
+                                input_shape=data.images.shape[1:])
+        raise ValueError(f"{model!r} is neither a registered model "
+                         f"({', '.join(list_models())}) nor a .keras file.")
+    if tf.distribute.has_strategy():  # its variables were made outside the scope: rebuild
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            model.save(path)
+            return load_model(path)
+    return model
 
 
 def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
-              capacity_factor=1.25):
-    """Trains ``model`` (a registry name or a loaded model) on ``data`` and writes its files.
+              capacity_factor=1.25, distribute=None):
+    """Trains ``model`` (a registry name, a ``.keras`` path or a model) on ``data``.
 
-    Writes ``best.keras`` (best validation accuracy), ``log.csv`` and ``summary.json`` into
-    ``out_dir`` (and ``epoch<N>.keras`` for each of ``config.save_epochs``). ``train_dispatch="sparse"`` trains a mixture of experts with the fixed
-    capacity its sparse export will have (capacity-aware fine-tuning, see
+    Writes ``best.keras`` (best validation accuracy), ``labels.txt``, ``log.csv`` and
+    ``summary.json`` into ``out_dir`` (and ``epoch<N>.keras`` for each of
+    ``config.save_epochs``). ``train_dispatch="sparse"`` trains a mixture of experts with
+    the fixed capacity its sparse export will have (capacity-aware fine-tuning, see
     :func:`tinymoe.models.with_dispatch`); validation runs the masked form.
 
+    ``distribute`` (see :func:`distribution_strategy`) trains with Keras fit on several
+    replicas, the model built and compiled in the strategy's scope. ``config.batch_size``
+    and ``config.learning_rate`` are per replica: the global batch is ``batch_size x
+    replicas`` and the peak learning rate ``learning_rate x replicas`` (the linear scaling
+    rule), so each replica sees the batch one device would.
+
     Returns:
-        (best model, summary dict: params, macs, val_accuracy, images_per_second, ...).
+        (best model, summary dict: params, macs, val_accuracy, images_per_second, replicas,
+        batch_size and learning_rate as trained, ...).
 
     Example:
         >>> model, summary = train_run("mobilevit_v2_050", load_dataset("digits", 32),
         ...                            "runs/dense", TrainConfig(epochs=12))
     """
-    if isinstance(model, str):
-        if model.endswith(".keras"):
-            model = load_model(model)
-        elif model in list_models():
-            model = create_model(model, num_classes=data.num_classes,
-                                 input_shape=data.images.shape[1:])
-        else:
-            raise ValueError(f"{model!r} is neither a registered model "
-                             f"({', '.join(list_models())}) nor a .keras file.")
-    if train_dispatch is not None:
-        model = with_dispatch(model, "masked", capacity_factor, train_dispatch=train_dispatch)
+    strategy = distribution_strategy(distribute)
+    replicas = strategy.num_replicas_in_sync
+    config = dataclasses.replace(config, batch_size=config.batch_size * replicas,
+                                 learning_rate=config.learning_rate * replicas)
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
                          training=True, augment=augment)
     val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
-    start = time.time()
-    history = fit(model, train, val, config, out_dir, verbose)
-    seconds = time.time() - start
+    with strategy.scope():
+        model = _model_to_train(model, data)
+        if train_dispatch is not None:
+            model = with_dispatch(model, "masked", capacity_factor,
+                                  train_dispatch=train_dispatch)
+        start = time.time()
+        history = fit(model, train, val, config, out_dir, verbose)
+        seconds = time.time() - start
+    write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
     trained = config.epochs - config.initial_epoch
@@ -93,6 +121,9 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         "model": model.name,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
+        "replicas": replicas,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
         "train_images": int(len(x_train)),
         "train_seconds": round(seconds, 1),
         "images_per_second": round(trained * len(x_train) / seconds, 1),
@@ -287,8 +318,7 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     tflite_bytes = to_tflite(model, x_train[:calibration_images])
     with atomic_path(os.path.join(out_dir, "model.tflite")) as tmp, open(tmp, "wb") as handle:
         handle.write(tflite_bytes)
-    with atomic_path(os.path.join(out_dir, "labels.txt")) as tmp, open(tmp, "w") as handle:
-        handle.write("".join(f"{name}\n" for name in data.class_names))
+    write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
     summary["int8_tflm_top1"] = evaluate_tflite(tflite_bytes, x_val, y_val)
     measured = report(tflite_bytes)
     summary.update({key: measured[key] for key in
