@@ -24,7 +24,7 @@ import tempfile
 
 _LEGACY = "TF_USE_LEGACY_KERAS"
 _LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
-# absl's prefix: severity letter, date, time, thread, file:line ("I0000 00:00:17.9 42 port.cc:153] ").
+# absl's prefix: severity, date, time, thread, file:line ("I0000 00:00:17.9 42 port.cc:153] ").
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.\-/]+:\d+\] ")
 _SEVERITIES = "IWEF"  # the order of TF_CPP_MIN_LOG_LEVEL: 0 info, 1 warning, 2 error, 3 fatal
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
