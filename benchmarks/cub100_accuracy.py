@@ -42,7 +42,7 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
-            "mcu_moe_cluster", "mcu_wide", "cnn_peer")
+            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer")
 
 
 def cnn_peer(num_classes, size, alpha):
@@ -147,29 +147,31 @@ def run_seed(data, seed, args, out):
             _, summary = train_run(path, data, f"{out}/seed{seed}/{name}", fine_tune, augment,
                                    verbose=2)
             record(name, summary, start, moe_epochs)
-    if wanted & {"mcu_dense", "mcu_moe_cluster"}:
-        start = time.time()
-        _, dense = train_run("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu_dense", recipe,
-                             augment, verbose=2)
-        if "mcu_dense" in wanted:
-            record("mcu_dense", dense, start, args.epochs)
-        if "mcu_moe_cluster" in wanted:
-            start = time.time()
-            path = f"{out}/seed{seed}/mcu_moe_cluster_init.keras"
-            upcycle_run(upcycle_from(dense, args), data, path,
-                        get_config("mobilevit_v2_mcu_moe").moe, router="cluster",
-                        num_images=args.cluster_images, seed=seed)
-            _, summary = train_run(path, data, f"{out}/seed{seed}/mcu_moe_cluster", fine_tune,
-                                   augment, verbose=2)
-            record("mcu_moe_cluster", summary, start, moe_epochs)
     # Compared against an upcycled MoE, which trained epochs + moe-epochs in all.
     compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
         args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
-    if "mcu_wide" in wanted:
+    # (dense variant, its registry name, MoE variant upcycled from it, the MoE's registry name)
+    for dense_name, registered, moe_name, moe_registered in (
+            ("mcu_dense", "mobilevit_v2_mcu", "mcu_moe_cluster", "mobilevit_v2_mcu_moe"),
+            ("mcu_wide", "mobilevit_v2_mcu_wide", "mcu_wide_moe_cluster",
+             "mobilevit_v2_mcu_wide_moe")):
+        if not wanted & {dense_name, moe_name}:
+            continue
         start = time.time()
-        _, summary = train_run("mobilevit_v2_mcu_wide", data, f"{out}/seed{seed}/mcu_wide",
-                               compare, augment, verbose=2)
-        record("mcu_wide", summary, start, compare.epochs)
+        # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
+        config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
+        _, dense = train_run(registered, data, f"{out}/seed{seed}/{dense_name}", config,
+                             augment, verbose=2)
+        if dense_name in wanted:
+            record(dense_name, dense, start, config.epochs)
+        if moe_name in wanted:
+            start = time.time()
+            path = f"{out}/seed{seed}/{moe_name}_init.keras"
+            upcycle_run(upcycle_from(dense, args), data, path, get_config(moe_registered).moe,
+                        router="cluster", num_images=args.cluster_images, seed=seed)
+            _, summary = train_run(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune,
+                                   augment, verbose=2)
+            record(moe_name, summary, start, moe_epochs)
     if "cnn_peer" in wanted:
         start = time.time()
         peer = cnn_peer(data.num_classes, args.size, args.peer_alpha)

@@ -88,6 +88,11 @@ def test_firmware_files_are_complete_and_deterministic(model_and_tflite, measure
     assert f"constexpr int kNumOpTypes = {len(ops)};" in resolver
     assert resolver_method("DEPTHWISE_CONV_2D") == "AddDepthwiseConv2D"
     assert resolver_method("BATCH_MATMUL") == "AddBatchMatMul"
+    noted = write_firmware(tflite_bytes, tmp_path / "c", arena_bytes=measured["arena_bytes"],
+                           notes=["stage4_mvit/transformer_3: capacity factor 2", "a\nb"])
+    settings = open([p for p in noted if p.endswith("model_settings.h")][0]).read()
+    assert ("// stage4_mvit/transformer_3: capacity factor 2\n// a\n// b\n\n#endif"
+            in settings)
 
 
 def _compile_and_run(folder, main_source, sources):

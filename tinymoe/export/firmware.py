@@ -96,7 +96,7 @@ PYTHON_ARENA = "the TFLite Micro Python interpreter (64-bit host: an upper bound
 
 
 def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
-                     arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True):
+                     arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True, notes=()):
     """The text of every firmware file, as a dict ``file name -> text``.
 
     Args:
@@ -109,6 +109,8 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
         strip: embed the model as :func:`tinymoe.export.strip_for_device` leaves it (no
             names or metadata, one zero point per weight tensor: about 12% less flash,
             same output in TFLite Micro); the names go to ``tensor_names.txt``.
+        notes: lines for a comment at the end of ``model_settings.h``, e.g. the calibrated
+            expert capacities (:meth:`tinymoe.export.CapacityReport.lines`).
 
     Example:
         >>> sources = firmware_sources(tflite_bytes, name="birds", labels=class_names)
@@ -178,7 +180,8 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
             f"constexpr int kNumClasses = {num_classes};\n"
             f"// Arena measured in {arena_source}:\n"
             f"// {measured} bytes, plus a margin of {arena_margin:.0%}.\n"
-            f"constexpr int kTensorArenaSize = {arena_with_margin(measured, arena_margin)};\n",
+            f"constexpr int kTensorArenaSize = {arena_with_margin(measured, arena_margin)};\n"
+            + "".join(f"// {line}\n" for note in notes for line in str(note).splitlines()),
             guard + "MODEL_SETTINGS_H_"),
         "labels.h": stamp + _header(
             '#include "model_settings.h"\n\n// The class name of each output, in order.\n'
@@ -193,7 +196,7 @@ def firmware_sources(tflite_bytes, name="model", labels=None, arena_bytes=None,
 
 
 def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes=None,
-                   arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True):
+                   arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True, notes=()):
     """Writes the firmware files of :func:`firmware_sources` into ``out_dir``.
 
     All files are generated first, then moved into place one by one with ``os.replace``,
@@ -210,7 +213,7 @@ def write_firmware(tflite_bytes, out_dir, name="model", labels=None, arena_bytes
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"Output path {out_dir!r} is a file, not a folder.")
     sources = firmware_sources(tflite_bytes, name, labels, arena_bytes, arena_margin,
-                               arena_source, strip)
+                               arena_source, strip, notes)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-firmware-", dir=parent)

@@ -101,6 +101,9 @@ register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
     **_MCU_STEM))
 register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
     layout=MCU_LAYOUT, moe=MoEConfig(layers=((4, -1),)), **_MCU_STEM))
+# The same experts on the wider dense model: an 815 KB stripped .tflite at 100 classes.
+register_model("mobilevit_v2_mcu_wide_moe", dataclasses.replace(
+    get_config("mobilevit_v2_mcu_wide"), moe=MoEConfig(layers=((4, -1),))))
 
 __all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2",
            "check_input_shape", "create_model", "get_config", "has_experts", "list_models",
