@@ -1,13 +1,15 @@
 """TensorFlow's own log lines stay out of tinymoe's output unless asked for (--verbose)."""
 
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 
+from tinymoe import backend
 from tinymoe.backend import filter_log_text
-from tinymoe.cli import build_parser
+from tinymoe.cli import build_parser, main
 
 # What TensorFlow 2.21 prints while it loads on a machine without a GPU, and how absl
 # prefixes a line (severity, date, time, thread, file:line).
@@ -37,14 +39,18 @@ def test_filter_drops_only_log_lines_below_the_level():
             "iterator did not fully read the dataset\n"
             "E0000 00:00:1796013741.936626   26322 cuda_platform.cc:52] failed call to cuInit: "
             "INTERNAL\n"
+            "E0000 00:00:1796013741.936626   26322 cuda_dnn.cc:8310] Unable to register cuDNN "
+            "factory: Attempting to register factory for plugin cuDNN when one has already "
+            "been registered\n"
             "E0000 00:00:1796013741.936626   26322 some_kernel.cc:52] a real error\n")
     kept, dropped = filter_log_text(text, 2)
     assert kept == ("/x/y.py:3: UserWarning: a warning of the user's own\n"
                     "To enable the following instructions: (a line of the user's)\n"
                     "E0000 00:00:1796013741.936626   26322 some_kernel.cc:52] a real error\n")
-    assert len(dropped) == 6
+    assert len(dropped) == 7
     kept_1, _ = filter_log_text(text, 1)  # warnings kept; a failed cuInit is one
     assert "cache_dataset_ops" in kept_1 and "cuInit" in kept_1 and "port.cc" not in kept_1
+    assert "cuDNN" in kept_1
     assert filter_log_text(text, 0) == (text, [])
     assert filter_log_text(text, 3)[0].count("\n") == 2
 
@@ -78,3 +84,13 @@ def test_every_subcommand_help_prints_no_tensorflow_log_lines():
     assert verbose.stderr.rstrip().endswith("Model file 'missing.tflite' does not exist.")
     messages = {line.split("] ", 1)[-1] for line in verbose.stderr.splitlines()}
     assert all(line.split("] ", 1)[-1] in messages for line in hidden), verbose.stderr
+
+
+def test_verbose_in_process_prints_the_hidden_lines_and_restores_the_loggers(capsys):
+    """main([...]) from Python cannot reload TensorFlow: --verbose replays what it hid."""
+    before = {name: logging.getLogger(name).level for name in ("tensorflow", "absl")}
+    assert main(["--verbose", "report", "missing.tflite"]) == 2
+    err = capsys.readouterr().err
+    assert all(line in err for line in backend.HIDDEN_LOG_LINES)
+    assert err.rstrip().endswith("Model file 'missing.tflite' does not exist.")
+    assert {name: logging.getLogger(name).level for name in before} == before

@@ -29,8 +29,9 @@ _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.\-/]+:\d+\] ")
 _SEVERITIES = "IWEF"  # the order of TF_CPP_MIN_LOG_LEVEL: 0 info, 1 warning, 2 error, 3 fatal
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 _CONTINUATIONS = ("To enable the following instructions:",)  # cpu_feature_guard's 2nd line
-# Logged as errors, but TensorFlow goes on without a GPU: read as warnings (hidden at level 2).
-_WARNINGS_LOGGED_AS_ERRORS = ("failed call to cuInit",)
+# Logged as errors, but harmless: TensorFlow goes on without a GPU, or keeps the CUDA plugin
+# (cuDNN, cuFFT, cuBLAS) it registered first. Read as warnings (hidden at level 2).
+_WARNINGS_LOGGED_AS_ERRORS = ("failed call to cuInit", "when one has already been registered")
 
 
 def _keras_3_already_bound():
