@@ -117,7 +117,9 @@ def build_parser():
     upcycle.add_argument("--layers", default="4:-1,5:-1", metavar="STAGE:INDEX,...",
                          help="transformer layers that get experts (default: 4:-1,5:-1, the "
                               "last layer of stages 4 and 5)")
-    upcycle.add_argument("--routing", choices=("patch", "token"), default="patch")
+    upcycle.add_argument("--routing", choices=("auto", "patch", "token"), default="auto",
+                         help="auto (the default): per patch where a layer has at least 2 x "
+                              "experts patches per image, per token elsewhere")
     upcycle.add_argument("--router", choices=("cluster", "random"), default="cluster",
                          help="cluster (the paper's initialisation) or random (baseline)")
     upcycle.add_argument("--linkage", choices=("ward", "complete", "average", "single"),
