@@ -133,9 +133,9 @@ def test_evaluate_scores_a_folder_of_some_classes_by_name(trained, digits, tmp_p
 
 def test_evaluate_refuses_classes_the_model_does_not_know(trained, digits, tmp_path, capsys):
     write_folder(tmp_path / "field", digits, {"3": 3, "owl": 4, "heron": 5}, per_class=1)
-    assert main(["evaluate", trained["tflite"], "--data", str(tmp_path / "field")]) == 2
-    err = capsys.readouterr().err
-    assert "does not know the class(es) 'heron', 'owl'" in err
+    for kind in ("keras", "tflite"):
+        assert main(["evaluate", trained[kind], "--data", str(tmp_path / "field")]) == 2
+        assert "does not know the class(es) 'heron', 'owl'" in capsys.readouterr().err
     assert main(["evaluate", trained["keras"], "--input-size", "64"]) == 2
     assert "takes 32x32 images, not 64x64" in capsys.readouterr().err
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
