@@ -62,8 +62,8 @@ def build_parser():
     train = subcommands.add_parser(
         "train", help="train a model with Keras fit (AdamW, cosine decay, label smoothing)",
         description="Trains a registered model, or continues a .keras model (e.g. one made by "
-                    "'tinymoe upcycle'), and writes OUT/best.keras, OUT/log.csv and "
-                    "OUT/summary.json.", parents=[common])
+                    "'tinymoe upcycle'), and writes OUT/best.keras, OUT/labels.txt, OUT/log.csv "
+                    "and OUT/summary.json.", parents=[common])
     train.add_argument("--model", default="mobilevit_v2_050",
                        help="registry name or .keras file (default: mobilevit_v2_050)")
     _add_data_args(train)
