@@ -1,5 +1,7 @@
 """Expert capacity calibrated at export (tinymoe.export.calibrate_capacity)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,30 @@ def test_per_layer_factors_reach_each_layer_and_unknown_layers_are_named():
     assert [layer.capacity_factor for layer in moe_layers(restored).values()] == [2.0, 1.25]
     with pytest.raises(ValueError, match=r"No MoE layer \['stage3_mvit/transformer_0'\]"):
         with_dispatch(model, "sparse", {"stage3_mvit/transformer_0": 2.0})
+
+
+def test_cli_export_calibrates_capacity_by_default_and_notes_it(tmp_path, capsys):
+    from tinymoe.cli import main
+
+    keras.utils.set_random_seed(0)
+    # 32x32 digits: stage 4 is 2x2, one patch, so "auto" routes its 4 tokens one by one.
+    model = create_model("mobilevit_v2_050", num_classes=10, input_shape=(32, 32, 3),
+                         moe=MoEConfig(num_experts=2, layers=((4, -1),)))
+    assert moe_layers(model)[KEY].routing == "token"
+    path = tmp_path / "moe.keras"
+    model.save(path)
+    assert main(["export", str(path), "--out", str(tmp_path / "fw")]) == 0
+    out = capsys.readouterr().out
+    settings = (tmp_path / "fw" / "model_settings.h").read_text()
+    line = re.search(r"// stage4_mvit/transformer_3: capacity factor ([\d.]+), (\d) slots per "
+                     r"expert \(4 tokens, 2 experts\)", settings)
+    assert line and line.group(0)[3:] in out
+    assert float(line.group(1)) in capacity_grid(4, 2)
+    assert re.search(r"// sparse/masked int8 top-1 agreement [\d.]+ on \d+ images", settings)
+    assert main(["export", str(path), "--out", str(tmp_path / "fixed"),
+                 "--capacity-factor", "1.5"]) == 0
+    assert "capacity factor" not in (tmp_path / "fixed" / "model_settings.h").read_text()
+    with pytest.raises(SystemExit):
+        main(["export", str(path), "--out", str(tmp_path / "bad"), "--capacity-factor", "lots"])
+    assert "expected 'auto' or a number, got 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

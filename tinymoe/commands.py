@@ -184,7 +184,7 @@ def run_export(args):
     args.dispatch = args.dispatch or "sparse"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"Output path {args.out!r} is a file, not a folder.")
-    labels = None
+    labels, notes = None, []
     if args.model.endswith(".keras"):
         from tinymoe.data import load_dataset
         from tinymoe.export import to_tflite
@@ -193,10 +193,21 @@ def run_export(args):
         from tinymoe.models import has_experts, with_dispatch
 
         model = load_model(args.model)
-        if has_experts(model):
-            model = with_dispatch(model, args.dispatch, args.capacity_factor)
         data = load_dataset(args.data, int(model.input_shape[1]))
-        tflite_bytes = to_tflite(model, data.split("train")[0][:200])
+        x_train = data.split("train")[0]
+        if has_experts(model) and args.dispatch == "sparse" and args.capacity_factor == "auto":
+            from tinymoe.pipeline import calibrate_moe_capacity
+
+            tflite_bytes, capacity = calibrate_moe_capacity(model, x_train[:200],
+                                                            data.split("val")[0], x_train)
+            notes = ["Expert capacity calibrated at export (--capacity-factor auto):",
+                     *capacity.lines()]
+            print("\n".join(notes))
+        else:
+            if has_experts(model):
+                factor = 1.25 if args.capacity_factor == "auto" else args.capacity_factor
+                model = with_dispatch(model, args.dispatch, factor)
+            tflite_bytes = to_tflite(model, x_train[:200])
         labels = data.class_names
     else:
         from tinymoe.classifier import read_tflite
@@ -232,7 +243,7 @@ def run_export(args):
         where = f"the {args.target} build of TFLite Micro (arena_used_bytes())"
     paths = write_firmware(embedded, args.out, name=args.name, labels=labels,
                            arena_bytes=arena, arena_margin=args.arena_margin,
-                           arena_source=where, strip=not args.keep_names)
+                           arena_source=where, strip=not args.keep_names, notes=notes)
     print(f"Wrote {len(paths)} files to {args.out}: model array {model_bytes:,} bytes, "
           f"arena {arena:,} bytes measured in {where} (+{args.arena_margin:.0%} in "
           f"model_settings.h), {measured['macs']:,} MACs.")
@@ -252,13 +263,19 @@ def run_demo(args):
     dense, moe = summary["dense"], summary["moe"]
     print("\nDemo on scikit-learn digits (32x32, 10 classes):")
     print("| model | params | MACs | val top-1 |\n|---|---|---|---|")
-    for label, row in (("dense MobileViTv2-0.5", dense), ("cluster-upcycled MoE-0.5", moe)):
+    for label, row in (("dense MobileViTv2-0.5", dense), ("cluster-upcycled MoE-0.5", moe),
+                       ("MoE-0.5 after capacity-aware fine-tuning", summary["moe_aware"])):
         print(f"| {label} | {row['params']:,} | {row['macs']:,} | {row['val_accuracy']:.3f} |")
     int8 = summary["int8"]
     print(f"| MoE-0.5, QAT int8 in TFLite Micro ({int8['dispatch']} dispatch) | | "
           f"{int8['macs']:,} | {int8['int8_tflm_top1']:.3f} |")
     for key, layer in summary["analysis"].items():
         print(f"{key}: expert load {layer['load']}; figures in {os.path.dirname(layer['files'][0])}")
+    if "capacity" in int8:
+        from tinymoe.export import CapacityReport
+
+        print("\n".join(["Expert capacity calibrated at export:",
+                         *CapacityReport(**int8["capacity"]).lines()]))
     print(f"int8 model: {int8['flash_bytes']:,} bytes flash, {int8['arena_bytes']:,} bytes "
           f"arena (measured in TFLite Micro); firmware files in "
           f"{os.path.join(args.out, 'firmware')}")

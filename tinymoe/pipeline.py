@@ -17,6 +17,12 @@ from tinymoe.profile import profile
 from tinymoe.train import TrainConfig, fit
 
 
+# Capacity-aware fine-tuning (``train_dispatch="sparse"``) trains at this factor unless told
+# otherwise: export calibrates its own afterwards; on the 128x128 flagship it lands near it
+# (benchmarks/results/capacity_calibration_*.md).
+CAPACITY_AWARE_FACTOR = 2.0
+
+
 def load_model(path):
     """Loads a ``.keras`` file written by tinymoe (for inference or further training).
 
@@ -72,7 +78,7 @@ def _model_to_train(model, data):
 
 
 def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
-              capacity_factor=1.25, distribute=None):
+              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None):
     """Trains ``model`` (a registry name, a ``.keras`` path or a model) on ``data``.
 
     Writes ``best.keras`` (best validation accuracy), ``labels.txt``, ``log.csv`` and
@@ -212,8 +218,10 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, qat_
     """The whole job on scikit-learn's digits, in a few minutes on 2 cores.
 
     Dense MobileViTv2-0.5 -> cluster-initialised MoE (4 experts, top-1) -> fine-tuning ->
-    affinity figures -> quantisation-aware training -> int8 with sparse expert dispatch,
-    checked in TFLite Micro -> firmware files (``out_dir/firmware``). Returns a summary dict
+    affinity figures -> one epoch of capacity-aware fine-tuning (at
+    :data:`CAPACITY_AWARE_FACTOR`) -> quantisation-aware training -> int8 with sparse
+    expert dispatch, its capacity calibrated, checked in TFLite Micro -> firmware files
+    (``out_dir/firmware``). Returns a summary dict
     and writes everything under ``out_dir``.
 
     Example:
@@ -236,22 +244,48 @@ def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, qat_
     _, moe_summary = train_run(moe_path, data, os.path.join(out_dir, "moe"), moe_train,
                                augment, verbose)
     analysis = analyze_run(moe_summary["best"], data, os.path.join(out_dir, "analysis"))
-    tflite_bytes, int8_summary = optimize_run(moe_summary["best"], data,
+    aware_train = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, warmup_epochs=0)
+    _, aware_summary = train_run(moe_summary["best"], data, os.path.join(out_dir, "moe_aware"),
+                                 aware_train, augment, verbose, train_dispatch="sparse",
+                                 capacity_factor=CAPACITY_AWARE_FACTOR)
+    tflite_bytes, int8_summary = optimize_run(aware_summary["best"], data,
                                               os.path.join(out_dir, "int8"),
                                               qat_epochs=qat_epochs, verbose=verbose)
-    from tinymoe.export import write_firmware
+    from tinymoe.export import CapacityReport, write_firmware
 
+    capacity = int8_summary.get("capacity")
+    notes = ([] if capacity is None else ["Expert capacity calibrated at export:",
+                                          *CapacityReport(**capacity).lines()])
     write_firmware(tflite_bytes, os.path.join(out_dir, "firmware"), name="digits",
-                   labels=data.class_names, arena_bytes=int8_summary["arena_bytes"])
-    summary = {"dense": dense_summary, "moe": moe_summary, "analysis": analysis,
-               "int8": int8_summary}
+                   labels=data.class_names, arena_bytes=int8_summary["arena_bytes"],
+                   notes=notes)
+    summary = {"dense": dense_summary, "moe": moe_summary, "moe_aware": aware_summary,
+               "analysis": analysis, "int8": int8_summary}
     write_json(os.path.join(out_dir, "demo_summary.json"), summary)
     return summary
 
 
+def calibrate_moe_capacity(model, calibration, x_val, x_train, progress=True):
+    """:func:`tinymoe.export.calibrate_capacity` on the int8 calibration images and the
+    validation images (when the data has its own; never the test split).
+
+    Returns:
+        (the sparse int8 ``.tflite`` bytes, :class:`tinymoe.export.CapacityReport`).
+
+    Example:
+        >>> tflite_bytes, capacity = calibrate_moe_capacity(model, x_train[:200], x_val,
+        ...                                                 x_train)
+    """
+    from tinymoe.export import calibrate_capacity
+
+    own_val = len(x_val) and x_val is not x_train
+    images = np.concatenate([calibration, x_val]) if own_val else calibration
+    return calibrate_capacity(model, images, calibration, progress=progress)
+
+
 def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
                  batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
-                 calibration_images=200, dispatch="sparse", capacity_factor=1.25, verbose=1):
+                 calibration_images=200, dispatch="sparse", capacity_factor="auto", verbose=1):
     """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
 
     The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
@@ -259,7 +293,10 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     quantisation) -> full-int8 ``.tflite`` verified in TFLite Micro -> top-1 of the float
     model, the optimised Keras model and the int8 model in TFLite Micro on the validation
     split -> flash, arena and MACs (:func:`tinymoe.export.report`). A mixture of experts
-    is converted with ``dispatch`` ("sparse": fixed-capacity top-1; "masked": every expert).
+    is converted with ``dispatch`` ("sparse": fixed-capacity top-1; "masked": every expert)
+    at ``capacity_factor``: a number, or "auto" (each MoE layer's smallest factor at which
+    the sparse int8 model agrees with the masked one on 98% of the calibration and
+    validation images, :func:`tinymoe.export.calibrate_capacity`; in ``summary["capacity"]``).
 
     Writes into ``out_dir``: ``pruned.keras`` (if pruned), ``optimized.keras`` (the float
     model with the weights the int8 model holds), ``model.tflite``, ``labels.txt``,
@@ -312,10 +349,17 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         model.save(tmp)
     summary["optimized_top1"] = evaluate(model, x_val, y_val, data.num_classes)
     summary["optimize_seconds"] = round(time.time() - start, 1)
-    if has_experts(model):
-        model = with_dispatch(model, dispatch, capacity_factor)
-        summary["dispatch"] = dispatch
-    tflite_bytes = to_tflite(model, x_train[:calibration_images])
+    calibration = x_train[:calibration_images]
+    if has_experts(model) and dispatch == "sparse" and capacity_factor == "auto":
+        tflite_bytes, capacity = calibrate_moe_capacity(model, calibration, x_val, x_train,
+                                                        progress=bool(verbose))
+        summary.update(dispatch=dispatch, capacity=capacity.as_dict())
+    else:
+        if has_experts(model):
+            model = with_dispatch(model, dispatch,
+                                  1.25 if capacity_factor == "auto" else capacity_factor)
+            summary["dispatch"] = dispatch
+        tflite_bytes = to_tflite(model, calibration)
     with atomic_path(os.path.join(out_dir, "model.tflite")) as tmp, open(tmp, "wb") as handle:
         handle.write(tflite_bytes)
     write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
