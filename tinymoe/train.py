@@ -27,6 +27,8 @@ class TrainConfig:
         resume_warmup_epochs: with ``initial_epoch``, the linear re-warm-up, in epochs.
         save_epochs: also write ``epoch<N>.keras`` at the end of these epochs (e.g. the
             checkpoint to upcycle from).
+        jit_compile: compile the training step with XLA (the same math; float rounding
+            differs). Ignored when the model runs eagerly.
 
     Example:
         >>> fit(model, train, val, TrainConfig(epochs=30, learning_rate=2e-3), "runs/x")
@@ -45,6 +47,7 @@ class TrainConfig:
     initial_epoch: int = 0
     resume_warmup_epochs: float = 0.5
     save_epochs: tuple = ()
+    jit_compile: bool = False
 
     def __post_init__(self):
         if not 0 <= self.initial_epoch < self.epochs:
@@ -130,7 +133,7 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        run_eagerly=run_eagerly)
+        run_eagerly=run_eagerly, jit_compile=bool(config.jit_compile) and not run_eagerly)
     return model
 
 
