@@ -27,10 +27,15 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
         build_sublayer(self.out_proj, input_shape)
         super().build(input_shape)
 
-    def call(self, x):
+    def call(self, x, training=None):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         qkv = self.qkv(x)  # [B, P, N, d] -> [B, P, N, 1 + 2d]
-        query, key, value = qkv[..., :1], qkv[..., 1:1 + dim], qkv[..., 1 + dim:]
+        if training:
+            # The same values; the gradient of a split is one concatenation, that of three
+            # slices three zero-padded copies of qkv summed. Inference keeps STRIDED_SLICE.
+            query, key, value = tf.split(qkv, [1, dim, dim], axis=-1)
+        else:
+            query, key, value = qkv[..., :1], qkv[..., 1:1 + dim], qkv[..., 1 + dim:]
         scores = tf.nn.softmax(tf.reshape(query, [-1, positions, patches]), axis=-1)
         scores = tf.reshape(scores, [-1, positions, 1, patches])  # softmax over the N patches
         context = tf.matmul(scores, key)  # [B, P, 1, N] @ [B, P, N, d] -> [B, P, 1, d]
