@@ -106,8 +106,9 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    """`make demo` runs `tinymoe demo`: dense -> upcycle -> fine-tune -> figures -> QAT ->
-    int8 in TFLite Micro -> firmware files (minutes)."""
+    """`make demo` runs `tinymoe demo`: dense -> upcycle -> fine-tune -> figures ->
+    capacity-aware fine-tuning -> QAT -> int8 in TFLite Micro at a calibrated capacity ->
+    firmware files (minutes)."""
     assert main(["demo", "--out", str(tmp_path), "--dense-epochs", "3", "--moe-epochs", "1"]) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert summary["dense"]["val_accuracy"] > 0.5
@@ -117,3 +118,10 @@ def test_demo_runs_end_to_end(tmp_path):
             assert os.path.getsize(path) > 0
     assert summary["int8"]["dispatch"] == "sparse" and summary["int8"]["int8_tflm_top1"] > 0.5
     assert (tmp_path / "firmware" / "model_data.cc").stat().st_size > 100_000
+    # Capacity-aware fine-tuning, then the capacity calibrated at export and noted.
+    assert summary["moe_aware"]["epochs"] == 1
+    capacity = summary["int8"]["capacity"]
+    assert sorted(capacity["layers"]) == ["stage4_mvit/transformer_3", "stage5_mvit/transformer_2"]
+    settings = (tmp_path / "firmware" / "model_settings.h").read_text()
+    assert "// Expert capacity calibrated at export:" in settings
+    assert f"agreement {capacity['agreement']:.4f}" in settings
