@@ -62,7 +62,7 @@ class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
         self.padded = patch_grid(self.height, self.width, self.patch_size, self.pad)
         super().build(input_shape)
 
-    def call(self, x, training=None):
+    def call(self, x):
         p = self.patch_size
         padded_h, padded_w = self.padded
         if (padded_h, padded_w) != (self.height, self.width):
@@ -70,11 +70,6 @@ class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
                            [0, 0]])
         channels = x.shape[-1]
         num_patches = (padded_h // p) * (padded_w // p)
-        if training:  # one 6-D transpose (one copy) where TFLite Micro is not involved
-            # [B, H, W, C] -> [B, hy, dy, wx, dx, C]
-            x = tf.reshape(x, [-1, padded_h // p, p, padded_w // p, p, channels])
-            x = tf.transpose(x, [0, 2, 4, 1, 3, 5])  # -> [B, dy, dx, hy, wx, C]
-            return tf.reshape(x, [-1, p * p, num_patches, channels])  # -> [B, P, N, C]
         x = tf.nn.space_to_depth(x, p)  # [B, H, W, C] -> [B, H/p, W/p, p*p*C]
         x = tf.reshape(x, [-1, num_patches, p * p, channels])  # -> [B, N, P, C]
         return tf.transpose(x, [0, 2, 1, 3])  # -> [B, P, N, C]
@@ -123,18 +118,11 @@ class PatchFold(ScopedBuildMixin, keras.layers.Layer):
                 f"{expected[1]}, C].")
         super().build(input_shape)
 
-    def call(self, x, training=None):
+    def call(self, x):
         p = self.patch_size
         padded_h, padded_w = self.padded
         channels = x.shape[-1]
         grid_h, grid_w = padded_h // p, padded_w // p
-        if training:  # one 6-D transpose (one copy) where TFLite Micro is not involved
-            x = tf.reshape(x, [-1, p, p, grid_h, grid_w, channels])  # [B, dy, dx, hy, wx, C]
-            x = tf.transpose(x, [0, 3, 1, 4, 2, 5])  # -> [B, hy, dy, wx, dx, C]
-            x = tf.reshape(x, [-1, padded_h, padded_w, channels])  # -> [B, H, W, C]
-            if (padded_h, padded_w) != (self.height, self.width):
-                x = x[:, : self.height, : self.width, :]
-            return x
         # Two 4-D transposes instead of DEPTH_TO_SPACE, whose int8 version (2) the LiteRT
         # reference kernels lack: with these, TFLM output can be checked bit for bit.
         x = tf.reshape(x, [-1, p * p, grid_h, grid_w * channels])  # [B, (dy dx), hy, (wx C)]
