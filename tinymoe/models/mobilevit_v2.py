@@ -16,10 +16,48 @@ from typing import Optional, Tuple
 
 from tinymoe.backend import keras
 from tinymoe.layers import ConvBNAct, InvertedResidual, MobileViTV2Block, make_divisible
-from tinymoe.layers.moe import MODEL_ROUTING_MODES, resolve_routing, validate_moe_args
+from tinymoe.layers.moe import ROUTING_MODES, validate_moe_args
 
 TOTAL_STRIDE = 32
 TRANSFORMER_STAGES = (3, 4, 5)
+# What a model's MoE configuration may say: "auto" becomes "patch" or "token" per layer.
+MODEL_ROUTING_MODES = ROUTING_MODES + ("auto",)
+
+
+def resolve_routing(routing, num_patches, num_experts, where):
+    """The routing of an MoE layer with ``num_patches`` patches in a model.
+
+    A per-patch layer needs at least 2 patches per expert: with fewer, one image's patches
+    cannot spread over the experts and a fixed-capacity dispatch wastes most of its slots
+    (at 4 patches and 4 experts, any capacity factor below 3 gives 2 slots per expert,
+    twice the feed-forwards of one expert). "auto" routes such a layer per token and the
+    others per patch; an explicit "patch" is refused there.
+
+    Args:
+        routing: "patch", "token" or "auto".
+        num_patches: patches per image at the layer.
+        num_experts: E.
+        where: the layer's name, for the error message.
+
+    Returns:
+        "patch" or "token".
+
+    Example:
+        >>> resolve_routing("auto", 4, 4, "stage5_mvit")
+        'token'
+    """
+    if routing not in MODEL_ROUTING_MODES:
+        raise ValueError(f"routing must be one of {MODEL_ROUTING_MODES}, got {routing!r}.")
+    enough = int(num_patches) >= 2 * int(num_experts)
+    if routing == "auto":
+        return "patch" if enough else "token"
+    if routing == "patch" and not enough:
+        raise ValueError(
+            f"{where}: per-patch routing needs at least 2 x {num_experts} experts = "
+            f"{2 * int(num_experts)} patches per image, but this layer has {num_patches}. "
+            f"Route it per token (routing='token' or 'auto') or move the experts to a stage "
+            f"with more patches (a larger input).")
+    return routing
 
 
 @dataclasses.dataclass(frozen=True)
