@@ -13,8 +13,11 @@ The claim tested (Mensah et al., arXiv 2411.07834): the MoE model, with at most 
 dense-1.0's parameters, is within 1 point of its accuracy, and the clustered router beats
 the random one. Model choices use the validation split; test accuracy is reported only.
 
-Example (the full run, hours on 2 cores):
-    python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --seeds 0 1
+The full-length comparison (about an hour per seed on 2 cores; one seed per run, each run
+appends to the results file and the table shows the mean and spread over seeds):
+    python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --upcycle-at 20 --int8 \
+        --seeds 0 --variants dense_050 moe_050_random moe_050_cluster mcu_dense \
+        mcu_moe_cluster cnn_peer cnn_peer_100 --out benchmarks/results/cub100_128px_full
 The microcontroller comparison, one 12-epoch schedule, the MoE upcycled at epoch 8:
     python benchmarks/cub100_accuracy.py --size 128 --epochs 12 --upcycle-at 8 --int8 \
         --variants mcu_dense mcu_moe_cluster --out benchmarks/results/cub100_mcu_128px_resumed
@@ -42,7 +45,7 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
-            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer")
+            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
 
 
 def cnn_peer(num_classes, size, alpha):
@@ -172,12 +175,14 @@ def run_seed(data, seed, args, out):
             _, summary = train_run(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune,
                                    augment, verbose=2)
             record(moe_name, summary, start, moe_epochs)
-    if "cnn_peer" in wanted:
-        start = time.time()
-        peer = cnn_peer(data.num_classes, args.size, args.peer_alpha)
-        _, summary = train_run(peer, data, f"{out}/seed{seed}/cnn_peer", compare, augment,
-                               verbose=2)
-        record("cnn_peer", summary, start, compare.epochs)
+    # The peer at the microcontroller budget (--peer-alpha), and at its default width 1.0.
+    for name, alpha in (("cnn_peer", args.peer_alpha), ("cnn_peer_100", 1.0)):
+        if name in wanted:
+            start = time.time()
+            peer = cnn_peer(data.num_classes, args.size, alpha)
+            _, summary = train_run(peer, data, f"{out}/seed{seed}/{name}", compare, augment,
+                                   verbose=2)
+            record(name, summary, start, compare.epochs)
     if "dense_100" in wanted:
         start = time.time()
         _, summary = train_run("mobilevit_v2_100", data, f"{out}/seed{seed}/dense_100", recipe,
@@ -188,7 +193,9 @@ def run_seed(data, seed, args, out):
 
 def markdown(rows, meta):
     lines = [f"# cub100 accuracy ({meta['size']}x{meta['size']})", "",
-             f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+             *[f"Command: `{run['command']}` ({run['wall_s']} s, seeds {run['seeds']})  "
+               for run in meta.get("runs", [meta])],
+             f"Machine: {meta['machine']}  ",
              f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}", "",
              "| variant | seed | params | MACs | epochs | train img/s | val top-1 | test top-1 |",
              "|---|---|---|---|---|---|---|---|"]
@@ -270,12 +277,41 @@ def main(argv=None):
     data = load_dataset(args.data, args.size)
     if args.per_class:
         data = subset(data, args.per_class)
+    earlier, runs = previous_runs(args.out, args.size)
     rows = []
     for seed in args.seeds:
         rows.extend(run_seed(data, seed, args, f"{args.out}/runs"))
-    meta = run_meta(start, size=args.size, seeds=args.seeds,
-                    images={s: int((data.splits == s).sum()) for s in ("train", "val", "test")})
-    write_results(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
+        # Written after every seed, so a long run that stops keeps the seeds it finished.
+        meta = run_meta(start, size=args.size, seeds=args.seeds,
+                        images={s: int((data.splits == s).sum())
+                                for s in ("train", "val", "test")})
+        merged = merge_rows(earlier, rows)
+        meta["runs"] = runs + [{k: meta[k] for k in ("command", "wall_s", "seeds")}]
+        meta["seeds"] = sorted({r["seed"] for r in merged})
+        meta["wall_s"] = round(sum(r["wall_s"] for r in meta["runs"]), 1)
+        write_results(args.out, {"meta": meta, "rows": merged}, markdown(merged, meta))
+
+
+def previous_runs(out, size):
+    """Rows and runs already in ``out.json`` (one seed per run appends to the same file)."""
+    import json
+
+    if not os.path.exists(f"{out}.json"):
+        return [], []
+    with open(f"{out}.json") as handle:
+        payload = json.load(handle)
+    if payload["meta"]["size"] != size:
+        raise SystemExit(f"{out}.json holds {payload['meta']['size']}x{payload['meta']['size']} "
+                         f"results, not {size}x{size}: choose another --out")
+    meta = payload["meta"]
+    runs = meta.get("runs") or [{k: meta[k] for k in ("command", "wall_s", "seeds")}]
+    return payload["rows"], runs
+
+
+def merge_rows(earlier, rows):
+    """``earlier`` with each (variant, seed) measured again replaced by its new row."""
+    new = {(r["variant"], r["seed"]) for r in rows}
+    return [r for r in earlier if (r["variant"], r["seed"]) not in new] + rows
 
 
 if __name__ == "__main__":
