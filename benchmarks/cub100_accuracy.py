@@ -277,16 +277,20 @@ def main(argv=None):
     data = load_dataset(args.data, args.size)
     if args.per_class:
         data = subset(data, args.per_class)
-    earlier, runs = previous_runs(args.out, args.size)
+    previous_runs(args.out, args.size)  # refuses a results file of another size up front
     rows = []
     for seed in args.seeds:
         rows.extend(run_seed(data, seed, args, f"{args.out}/runs"))
-        # Written after every seed, so a long run that stops keeps the seeds it finished.
+        # Written after every seed, so a long run that stops keeps the seeds it finished;
+        # read again here, so that runs of other seeds that ended meanwhile are kept.
+        earlier, runs = previous_runs(args.out, args.size)
         meta = run_meta(start, size=args.size, seeds=args.seeds,
                         images={s: int((data.splits == s).sum())
                                 for s in ("train", "val", "test")})
         merged = merge_rows(earlier, rows)
-        meta["runs"] = runs + [{k: meta[k] for k in ("command", "wall_s", "seeds")}]
+        # This run's entry replaces the one it wrote after its previous seed.
+        this = {"started": round(start), **{k: meta[k] for k in ("command", "wall_s", "seeds")}}
+        meta["runs"] = [r for r in runs if r.get("started") != this["started"]] + [this]
         meta["seeds"] = sorted({r["seed"] for r in merged})
         meta["wall_s"] = round(sum(r["wall_s"] for r in meta["runs"]), 1)
         write_results(args.out, {"meta": meta, "rows": merged}, markdown(merged, meta))
