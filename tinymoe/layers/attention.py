@@ -29,17 +29,23 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
 
     def call(self, x, training=None):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
-        qkv = self.qkv(x)  # [B, P, N, d] -> [B, P, N, 1 + 2d]
+        q = lambda name, value: self.int8(name, value, training)  # noqa: E731
+        qkv = q("qkv", self.qkv(x))  # [B, P, N, d] -> [B, P, N, 1 + 2d]
         if training:
             # The same values; the gradient of a split is one concatenation, that of three
             # slices three zero-padded copies of qkv summed. Inference keeps STRIDED_SLICE.
             query, key, value = tf.split(qkv, [1, dim, dim], axis=-1)
         else:
             query, key, value = qkv[..., :1], qkv[..., 1:1 + dim], qkv[..., 1 + dim:]
-        scores = tf.nn.softmax(tf.reshape(query, [-1, positions, patches]), axis=-1)
+        scores = q("softmax", tf.nn.softmax(tf.reshape(query, [-1, positions, patches]),
+                                            axis=-1))
         scores = tf.reshape(scores, [-1, positions, 1, patches])  # softmax over the N patches
-        context = tf.matmul(scores, key)  # [B, P, 1, N] @ [B, P, N, d] -> [B, P, 1, d]
-        return self.out_proj(tf.nn.relu(value) * context)
+        context = q("context", tf.matmul(scores, key))  # [B, P, 1, N] @ [B, P, N, d]
+        return q("out", self.out_proj(q("product", q("relu", tf.nn.relu(value)) * context)))
+
+    def int8_point_names(self):
+        # CONV_2D, SOFTMAX, BATCH_MATMUL, RELU, MUL, CONV_2D (slices keep their input's).
+        return ("qkv", "softmax", "context", "relu", "product", "out")
 
     def compute_output_shape(self, input_shape):
         return input_shape

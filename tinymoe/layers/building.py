@@ -1,6 +1,7 @@
 """Building a sublayer inside its parent's ``build`` so its weights get full path names."""
 
 from tinymoe.backend import tf
+from tinymoe.layers.int8 import Int8Points
 
 
 def build_sublayer(layer, input_shape):
@@ -18,7 +19,7 @@ def build_sublayer(layer, input_shape):
     return layer.compute_output_shape(input_shape)
 
 
-class ScopedBuildMixin:
+class ScopedBuildMixin(Int8Points):
     """Builds a layer restored from a ``.keras`` file inside its own name scope.
 
     Keras builds restored layers outside any name scope, so their sublayers' weights would be

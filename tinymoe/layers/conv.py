@@ -3,6 +3,7 @@
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
+from tinymoe.layers.int8 import activation_points, int8_activation
 
 
 @register
@@ -63,7 +64,12 @@ class ConvBNAct(ScopedBuildMixin, keras.layers.Layer):
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x, training=training)
+        if self.simulate_int8:  # batch norm folds into the convolution
+            return int8_activation(self, "conv", self.activation, x, training)
         return x if self._act is None else self._act(x)
+
+    def int8_point_names(self):
+        return activation_points("conv", self.activation)
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
@@ -130,7 +136,10 @@ class InvertedResidual(ScopedBuildMixin, keras.layers.Layer):
         y = x if self.expand is None else self.expand(x, training=training)
         y = self.depthwise(y, training=training)
         y = self.project(y, training=training)
-        return x + y if self.use_residual else y
+        return self.int8("add", x + y, training) if self.use_residual else y
+
+    def int8_point_names(self):
+        return ("add",) if self.use_residual else ()
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1], input_shape[2]

@@ -3,6 +3,7 @@
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
+from tinymoe.layers.int8 import activation_points, int8_activation
 
 
 @register
@@ -34,9 +35,15 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         build_sublayer(self.down, self.up.compute_output_shape(input_shape))
         super().build(input_shape)
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if self.simulate_int8:
+            hidden = int8_activation(self, "up", self.activation, self.up(x), training)
+            return self.int8("down", self.down(hidden), training)
         hidden = self.up(x)
         return self.down(hidden if self._act is None else self._act(hidden))
+
+    def int8_point_names(self):
+        return activation_points("up", self.activation) + ("down",)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -26,6 +26,7 @@ import math
 from tinymoe.backend import keras, register, tf
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin
+from tinymoe.layers.int8 import activation_points, int8_activation
 
 ROUTING_MODES = ("patch", "token")
 
@@ -244,12 +245,22 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                                                initializer="zeros")
         super().build(input_shape)
 
-    def router_probs(self, x):
+    def router_probs(self, x, training=None):
         """Router probabilities ``[B, 1, N, E]`` (patch routing) or ``[B, P, N, E]`` (token)."""
+        q = lambda name, value: self.int8(name, value, training)  # noqa: E731
         if self.routing == "patch":
-            x = tf.reduce_mean(x, axis=1, keepdims=True)  # [B, P, N, d] -> [B, 1, N, d]
-        logits = _pointwise(x, self.router_kernel) + self.router_bias
-        return tf.nn.softmax(logits, axis=-1)
+            x = q("router_mean", tf.reduce_mean(x, axis=1, keepdims=True))  # [B, 1, N, d]
+        logits = q("router", _pointwise(x, self.router_kernel) + self.router_bias)
+        return q("softmax", tf.nn.softmax(logits, axis=-1))
+
+    def int8_point_names(self):
+        # The router's MEAN, CONV_2D and SOFTMAX; each expert's hidden layer (and its
+        # activation); the experts' outputs, which share one range (the CONCATENATION that
+        # joins them in the int8 graph unifies it); the gated output (MUL).
+        experts = sum((activation_points(f"expert{e}", self.activation)
+                       for e in range(self.num_experts)), ())
+        mean = ("router_mean",) if self.routing == "patch" else ()
+        return mean + ("router", "softmax") + experts + ("expert_out", "gated")
 
     def gates(self, probs):
         """The gate of every expert: its probability if chosen (top-k), else 0."""
@@ -274,7 +285,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     def call(self, x, training=None):
         if (self.train_dispatch if training else self.dispatch) == "sparse":
             if training:
-                probs = self.router_probs(x)
+                probs = self.router_probs(x, training)
                 self._add_balance_loss(probs, top_k_mask(probs, self.top_k))
             return self.sparse_combine(x)
         if not training and self.top_k == 1 and x.shape[0] == 1:
@@ -282,11 +293,25 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             # form's slots with room for all patches, so that both int8 forms quantise each
             # expert alike and differ only where sparse dispatch drops a patch.
             return self._sparse_one(x, full=True)
-        probs = self.router_probs(x)
+        probs = self.router_probs(x, training)
         gates, mask = self.gates(probs)
         if training:
             self._add_balance_loss(probs, mask)
+        if self.simulate_int8:
+            return self._combine_int8(x, gates, training)
         return self.combine(x, gates)
+
+    def _combine_int8(self, x, gates, training):
+        """:meth:`combine` with the int8 points of the exported graph: each expert's output
+        is computed on its own, as the sparse form does, and quantised in one shared range."""
+        outputs = []
+        for e in range(self.num_experts):
+            hidden = _pointwise(x, self.expert_kernel_in[e]) + self.expert_bias_in[e]
+            hidden = int8_activation(self, f"expert{e}", self.activation, hidden, training)
+            outputs.append(_pointwise(hidden, self.expert_kernel_out[e]) +
+                           self.expert_bias_out[e])
+        outputs = self.int8("expert_out", tf.stack(outputs, axis=-2), training)
+        return self.int8("gated", tf.reduce_sum(outputs * gates[..., None], axis=-2), training)
 
     def _add_balance_loss(self, probs, mask):
         if self.aux_loss_weight > 0:
@@ -353,13 +378,13 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             chunk = tf.reshape(gathered[:, e * capacity:(e + 1) * capacity],
                                [positions * capacity, dim])
             hidden = tf.matmul(chunk, self.expert_kernel_in[e]) + self.expert_bias_in[e]
-            if self._act is not None:
-                hidden = self._act(hidden)
-            out = tf.matmul(hidden, self.expert_kernel_out[e]) + self.expert_bias_out[e]
+            hidden = int8_activation(self, f"expert{e}", self.activation, hidden)
+            out = self.int8("expert_out", tf.matmul(hidden, self.expert_kernel_out[e]) +
+                            self.expert_bias_out[e])
             outputs.append(tf.reshape(out, [positions, capacity, dim]))
         outputs.append(tf.zeros([positions, 1, dim], x.dtype))  # the overflow slot
         combined = tf.gather(tf.concat(outputs, axis=1), slot, axis=1)  # [P, n, d]
-        return (combined * tf.reshape(gate, [1, patches, 1]))[None]
+        return self.int8("gated", combined * tf.reshape(gate, [1, patches, 1]))[None]
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -29,11 +29,24 @@ class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
         super().build(input_shape)
 
-    def call(self, x):
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-        centred = x - mean
-        variance = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
-        return centred * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+    def call(self, x, training=None):
+        q = lambda name, value: self.int8(name, value, training)  # noqa: E731
+        mean = q("mean", tf.reduce_mean(x, axis=-1, keepdims=True))
+        centred = q("centred", x - mean)
+        variance = q("variance", tf.reduce_mean(q("square", centred * centred), axis=-1,
+                                                keepdims=True))
+        shifted = q("shifted", variance + self.epsilon)
+        if self.simulate_int8:
+            # An int8 variance can round to 0, where int8 RSQRT gives its range's top; this
+            # gives 1/sqrt(epsilon), which the rsqrt point clips there, not infinity.
+            shifted = tf.maximum(shifted, self.epsilon)
+        scale = q("rsqrt", tf.math.rsqrt(shifted))
+        return q("out", q("scaled", q("normalised", centred * scale) * self.gamma) + self.beta)
+
+    def int8_point_names(self):
+        # MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD: each output is an int8 tensor.
+        return ("mean", "centred", "square", "variance", "shifted", "rsqrt", "normalised",
+                "scaled", "out")
 
     def compute_output_shape(self, input_shape):
         return input_shape

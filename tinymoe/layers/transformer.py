@@ -56,9 +56,14 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x, training=None):
-        x = x + self.attn_drop(self.attn(self.attn_norm(x)), training=training)
-        return x + self.ffn_drop(self.ffn(self.ffn_norm(x), training=training),
-                                 training=training)
+        x = self.int8("attn_add", x + self.attn_drop(self.attn(self.attn_norm(x)),
+                                                     training=training), training)
+        return self.int8("ffn_add", x + self.ffn_drop(self.ffn(self.ffn_norm(x),
+                                                               training=training),
+                                                      training=training), training)
+
+    def int8_point_names(self):
+        return ("attn_add", "ffn_add")
 
     def trace(self, x):
         """Runs the layer in inference mode and returns its output and what it saw.
@@ -173,11 +178,15 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, x, training=None):
-        tokens = self.unfold(self.local_pw(self.local_dw(x, training=training)))
+        local = self.local_pw(self.local_dw(x, training=training))
+        tokens = self.unfold(self.int8("local_pw", local, training))
         for layer in self.transformer:
             tokens = layer(tokens, training=training)
         x = self.fold(self.norm(tokens))
         return self.conv_proj(x, training=training)
+
+    def int8_point_names(self):
+        return ("local_pw",)
 
     def trace(self, x):
         """Inference-mode output plus, for each transformer layer, what it saw.

@@ -3,14 +3,18 @@
 tfmot's default registry knows Conv2D, Dense and a few more; our layers are composites
 (a MobileViTv2 block holds convolutions, attention, norms and experts), so each gets a
 :class:`LayerQuantizeConfig` that fake-quantises every kernel inside it the way the TFLite
-converter will quantise it (8 bit, symmetric, per output channel) and fake-quantises the
-layer's output (8 bit, asymmetric, moving-average range).
+converter will quantise it (8 bit, symmetric, per output channel). Every tensor the int8
+model quantises inside our layers (layer-norm statistics, attention, swish, router, experts,
+residual sums; see :mod:`tinymoe.layers.int8`) is fake-quantised by the layer itself; the
+output of a Keras layer (rescaling, pooling, classifier) by tfmot (8 bit, asymmetric,
+moving-average range).
 """
 
 import math
 
 from tinymoe.backend import keras, tf
 from tinymoe.layers.building import KERNEL_CHANNEL_AXES, kernel_slots
+from tinymoe.layers.int8 import Int8Points, enable_int8_simulation, int8_range_variables
 
 
 def _tfmot():
@@ -172,11 +176,17 @@ def quantize_aware(model, preserve_sparsity=False):
     def annotate(layer):
         if isinstance(layer, keras.layers.InputLayer):
             return layer
-        return quant.quantize_annotate_layer(layer, LayerQuantizeConfig(preserve_sparsity))
+        # Our layers quantise their own output (their last int8 point).
+        config = LayerQuantizeConfig(preserve_sparsity,
+                                     quantize_output=not isinstance(layer, Int8Points))
+        return quant.quantize_annotate_layer(layer, config)
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
     with quantize_scope():
         qat = quant.quantize_apply(annotated)
+    for layer in qat.layers:
+        if isinstance(getattr(layer, "layer", None), Int8Points):
+            enable_int8_simulation(layer.layer)
     missing = unquantized_layers(qat)
     if missing:
         raise ValueError(f"These layers were left unquantised: {', '.join(missing)}.")
@@ -238,7 +248,9 @@ def strip_quantization(qat_model):
 
     def unwrap(layer):
         if isinstance(layer, quant.QuantizeWrapper):
-            fresh = layer.layer.__class__.from_config(layer.layer.get_config())
+            config = layer.layer.get_config()
+            config.pop("simulate_int8", None)  # the float model the converter sees
+            fresh = layer.layer.__class__.from_config(config)
             pairs.append((layer, fresh))
             return fresh
         if isinstance(layer, quantize_layer.QuantizeLayer):
@@ -255,7 +267,8 @@ def strip_quantization(qat_model):
         for target, (weight, quantizer, variables) in zip(kernels, wrapper._weight_vars):
             target.assign(quantizer(weight, True, weights=variables))
         rest = [w for w in fresh.weights if not any(w is k for k in kernels)]
-        source = wrapper.layer.weights
+        ranges = int8_range_variables(wrapper.layer)
+        source = [w for w in wrapper.layer.weights if not any(w is r for r in ranges)]
         if [tuple(w.shape) for w in rest] != [tuple(w.shape) for w in source]:
             raise ValueError(f"{wrapper.name}: the float layer's weights do not match the "
                              "QAT layer's.")
