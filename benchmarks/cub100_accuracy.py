@@ -93,6 +93,23 @@ def subset(data, per_class):
                                splits=data.splits[keep], paths=data.paths[keep])
 
 
+def train(model, data, out_dir, config, augment, reuse):
+    """``train_run``'s summary; with ``reuse``, that of a finished run already in ``out_dir``
+    (same epochs, its saved epochs present) instead of training again."""
+    import json
+
+    path = os.path.join(out_dir, "summary.json")
+    if reuse and os.path.exists(path):
+        with open(path) as handle:
+            summary = json.load(handle)
+        if summary["epochs"] == config.epochs and all(
+                os.path.exists(os.path.join(out_dir, f"epoch{e}.keras"))
+                for e in config.save_epochs):
+            print(f"Reusing the finished run in {out_dir}", flush=True)
+            return summary
+    return train_run(model, data, out_dir, config, augment, verbose=2)[1]
+
+
 def upcycle_from(dense_summary, args):
     """The dense checkpoint an MoE starts from: epoch --upcycle-at, else the best epoch."""
     if args.upcycle_at:
@@ -134,8 +151,8 @@ def run_seed(data, seed, args, out):
     wanted = set(args.variants)
     if wanted & {"dense_050", "moe_050_random", "moe_050_cluster"}:
         start = time.time()
-        _, dense = train_run("mobilevit_v2_050", data, f"{out}/seed{seed}/dense_050", recipe,
-                             augment, verbose=2)
+        dense = train("mobilevit_v2_050", data, f"{out}/seed{seed}/dense_050", recipe,
+                      augment, args.reuse)
         if "dense_050" in wanted:
             record("dense_050", dense, start, args.epochs)
         moe_config = MoEConfig(num_experts=args.experts, top_k=1)
@@ -147,8 +164,8 @@ def run_seed(data, seed, args, out):
             path = f"{out}/seed{seed}/{name}_init.keras"
             upcycle_run(upcycle_from(dense, args), data, path, moe_config, router=router,
                         num_images=args.cluster_images, seed=seed)
-            _, summary = train_run(path, data, f"{out}/seed{seed}/{name}", fine_tune, augment,
-                                   verbose=2)
+            summary = train(path, data, f"{out}/seed{seed}/{name}", fine_tune, augment,
+                            args.reuse)
             record(name, summary, start, moe_epochs)
     # Compared against an upcycled MoE, which trained epochs + moe-epochs in all.
     compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
@@ -163,8 +180,8 @@ def run_seed(data, seed, args, out):
         start = time.time()
         # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
         config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
-        _, dense = train_run(registered, data, f"{out}/seed{seed}/{dense_name}", config,
-                             augment, verbose=2)
+        dense = train(registered, data, f"{out}/seed{seed}/{dense_name}", config, augment,
+                      args.reuse)
         if dense_name in wanted:
             record(dense_name, dense, start, config.epochs)
         if moe_name in wanted:
@@ -172,21 +189,21 @@ def run_seed(data, seed, args, out):
             path = f"{out}/seed{seed}/{moe_name}_init.keras"
             upcycle_run(upcycle_from(dense, args), data, path, get_config(moe_registered).moe,
                         router="cluster", num_images=args.cluster_images, seed=seed)
-            _, summary = train_run(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune,
-                                   augment, verbose=2)
+            summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
+                            args.reuse)
             record(moe_name, summary, start, moe_epochs)
     # The peer at the microcontroller budget (--peer-alpha), and at its default width 1.0.
     for name, alpha in (("cnn_peer", args.peer_alpha), ("cnn_peer_100", 1.0)):
         if name in wanted:
             start = time.time()
             peer = cnn_peer(data.num_classes, args.size, alpha)
-            _, summary = train_run(peer, data, f"{out}/seed{seed}/{name}", compare, augment,
-                                   verbose=2)
+            summary = train(peer, data, f"{out}/seed{seed}/{name}", compare, augment,
+                            args.reuse)
             record(name, summary, start, compare.epochs)
     if "dense_100" in wanted:
         start = time.time()
-        _, summary = train_run("mobilevit_v2_100", data, f"{out}/seed{seed}/dense_100", recipe,
-                               augment, verbose=2)
+        summary = train("mobilevit_v2_100", data, f"{out}/seed{seed}/dense_100", recipe,
+                        augment, args.reuse)
         record("dense_100", summary, start, args.epochs)
     return rows
 
@@ -270,6 +287,9 @@ def main(argv=None):
                         help="with --int8: Cortex-M3 arena and flash of the int8 model")
     parser.add_argument("--capacity-factor", type=float, default=1.25,
                         help="sparse dispatch of MoE models in int8")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished training runs under --out (a run that stopped "
+                             "part-way through a seed goes on from there)")
     parser.add_argument("--out", default="benchmarks/results/cub100_accuracy")
     args = parser.parse_args(argv)
 

@@ -150,7 +150,7 @@ def quantize_scope():
         {"LayerQuantizeConfig": LayerQuantizeConfig, "ChannelQuantizer": ChannelQuantizer})
 
 
-def quantize_aware(model, preserve_sparsity=False):
+def quantize_aware(model, preserve_sparsity=False, simulate_int8=True):
     """A copy of ``model`` ready for quantisation-aware training with ``model.fit``.
 
     Every layer but the input is wrapped by tfmot with a :class:`LayerQuantizeConfig`;
@@ -162,6 +162,9 @@ def quantize_aware(model, preserve_sparsity=False):
         model: a trained Keras model (functional), e.g. from :func:`tinymoe.models.create_model`.
         preserve_sparsity: prune-preserving QAT: the zeros of a pruned model (after
             :func:`tinymoe.optimize.strip_pruning`) stay zero through training and conversion.
+        simulate_int8: fake-quantise every tensor the int8 model quantises inside our layers
+            (see :mod:`tinymoe.layers.int8`); False quantises only kernels and each layer's
+            output (tinymoe's QAT before the int8 points, kept for comparison).
 
     Returns:
         the QAT model (``tfmot`` QuantizeWrapperV2 layers).
@@ -177,15 +180,15 @@ def quantize_aware(model, preserve_sparsity=False):
         if isinstance(layer, keras.layers.InputLayer):
             return layer
         # Our layers quantise their own output (their last int8 point).
-        config = LayerQuantizeConfig(preserve_sparsity,
-                                     quantize_output=not isinstance(layer, Int8Points))
+        ours = simulate_int8 and isinstance(layer, Int8Points)
+        config = LayerQuantizeConfig(preserve_sparsity, quantize_output=not ours)
         return quant.quantize_annotate_layer(layer, config)
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
     with quantize_scope():
         qat = quant.quantize_apply(annotated)
     for layer in qat.layers:
-        if isinstance(getattr(layer, "layer", None), Int8Points):
+        if simulate_int8 and isinstance(getattr(layer, "layer", None), Int8Points):
             enable_int8_simulation(layer.layer)
     missing = unquantized_layers(qat)
     if missing:
