@@ -68,6 +68,25 @@ def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
             pass
 
 
+def test_atomic_path_writes_files_with_the_mode_open_gives(tmp_path):
+    """Not mkstemp's private 0600: a new file gets 0666 less the umask, a replaced file
+    keeps its mode."""
+    old_mask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.json"
+        with atomic_path(str(new)) as tmp:
+            open(tmp, "w").write("{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o600)
+        with atomic_path(str(kept)) as tmp:
+            open(tmp, "w").write("new")
+        assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_text() == "new"
+    finally:
+        os.umask(old_mask)
+
+
 def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch):
     """The CLI path on a small untrained dense model and a tiny image folder."""
     images, labels = synthetic_images(12, 64, 3)

@@ -25,10 +25,20 @@ def atomic_path(path):
     os.close(handle)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (or
+        # the mode of the file it replaces).
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else
+                 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, data):
