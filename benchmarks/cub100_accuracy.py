@@ -118,7 +118,7 @@ def upcycle_from(dense_summary, args):
     return dense_summary["best"]
 
 
-def run_seed(data, seed, args, out):
+def run_seed(data, seed, args, out, publish=lambda rows: None):
     tinymoe.keras.utils.set_random_seed(seed)
     augment = AugmentConfig(crop=True, flip=True, rand_augment=args.rand_augment)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
@@ -147,6 +147,7 @@ def run_seed(data, seed, args, out):
         if args.int8:
             rows[-1].update(int8_columns(best, data, args))
         print(rows[-1], flush=True)
+        publish(rows)
 
     wanted = set(args.variants)
     if wanted & {"dense_050", "moe_050_random", "moe_050_cluster"}:
@@ -299,21 +300,24 @@ def main(argv=None):
         data = subset(data, args.per_class)
     previous_runs(args.out, args.size)  # refuses a results file of another size up front
     rows = []
-    for seed in args.seeds:
-        rows.extend(run_seed(data, seed, args, f"{args.out}/runs"))
-        # Written after every seed, so a long run that stops keeps the seeds it finished;
-        # read again here, so that runs of other seeds that ended meanwhile are kept.
+
+    def publish(seed_rows):
+        # Written after every model, so a long run that stops keeps what it measured; the
+        # file is read again first, so that rows other runs wrote meanwhile are kept.
         earlier, runs = previous_runs(args.out, args.size)
         meta = run_meta(start, size=args.size, seeds=args.seeds,
                         images={s: int((data.splits == s).sum())
                                 for s in ("train", "val", "test")})
-        merged = merge_rows(earlier, rows)
-        # This run's entry replaces the one it wrote after its previous seed.
+        merged = merge_rows(earlier, rows + seed_rows)
+        # This run's entry replaces the one it wrote after its previous model.
         this = {"started": round(start), **{k: meta[k] for k in ("command", "wall_s", "seeds")}}
         meta["runs"] = [r for r in runs if r.get("started") != this["started"]] + [this]
         meta["seeds"] = sorted({r["seed"] for r in merged})
         meta["wall_s"] = round(sum(r["wall_s"] for r in meta["runs"]), 1)
         write_results(args.out, {"meta": meta, "rows": merged}, markdown(merged, meta))
+
+    for seed in args.seeds:
+        rows.extend(run_seed(data, seed, args, f"{args.out}/runs", publish))
 
 
 def previous_runs(out, size):
