@@ -310,7 +310,8 @@ def main(argv=None):
                                 for s in ("train", "val", "test")})
         merged = merge_rows(earlier, rows + seed_rows)
         # This run's entry replaces the one it wrote after its previous model.
-        this = {"started": round(start), **{k: meta[k] for k in ("command", "wall_s", "seeds")}}
+        this = {"started": f"{start:.6f}-{os.getpid()}",  # unique among concurrent runs
+                **{k: meta[k] for k in ("command", "wall_s", "seeds")}}
         meta["runs"] = [r for r in runs if r.get("started") != this["started"]] + [this]
         meta["seeds"] = sorted({r["seed"] for r in merged})
         meta["wall_s"] = round(sum(r["wall_s"] for r in meta["runs"]), 1)
