@@ -12,9 +12,11 @@ them ranges.
 
 - Training: each point fake-quantises with a moving-average range (decay 0.999, the first
   batch sets it), as tfmot's activation quantisers do.
-- Calibration (:func:`observe_int8_ranges`): the points pass their tensors through and record
-  the minimum and maximum, as the converter's calibrator does on the float model; the QAT
-  model then quantises with the ranges its int8 model will have.
+- Observation (:func:`observe_int8_ranges`): the points pass their tensors through and record
+  the minimum and maximum, as the converter's calibrator does on the float model.
+- Calibration (:func:`tinymoe.optimize.calibrate_int8_ranges`): each point takes the scale
+  and zero point of its tensor in the converted model, so that the QAT model quantises as
+  its int8 model does.
 - Points named ``sigmoid...`` or ``softmax...`` have the range TFLite fixes for LOGISTIC and
   SOFTMAX outputs: scale 1/256, zero point -128, i.e. [0, 255/256].
 
@@ -36,7 +38,7 @@ class Int8Points:
 
     A layer lists its points in :meth:`int8_point_names` and passes each tensor through
     ``self.int8(name, x, training)``. ``simulate_int8`` is part of the layer's config, so a
-    QAT model saves and loads with its ranges.
+    layer rebuilt from its config gets its points (and range variables) back.
     """
 
     def __init__(self, simulate_int8=False, **kwargs):
