@@ -39,6 +39,13 @@ class Int8Points:
     A layer lists its points in :meth:`int8_point_names` and passes each tensor through
     ``self.int8(name, x, training)``. ``simulate_int8`` is part of the layer's config, so a
     layer rebuilt from its config gets its points (and range variables) back.
+
+    Example:
+        >>> class Scale(Int8Points, keras.layers.Layer):
+        ...     def int8_point_names(self):
+        ...         return ("out",)
+        ...     def call(self, x, training=None):
+        ...         return self.int8("out", 2.0 * x, training)
     """
 
     def __init__(self, simulate_int8=False, **kwargs):
@@ -87,7 +94,12 @@ class Int8Points:
 
 
 def int8_layers(layer):
-    """``layer`` and its sublayers that have int8 points, depth first (a fixed order)."""
+    """``layer`` and its sublayers that have int8 points, depth first (a fixed order).
+
+    Example:
+        >>> [owner.name for owner in int8_layers(model.get_layer("stem"))]
+        ['stem']
+    """
     found, seen = [], set()
 
     def visit(owner):
@@ -123,7 +135,11 @@ def enable_int8_simulation(layer):
 
 def int8_range_variables(layer):
     """Every range variable of ``layer`` and its sublayers (to tell them from the float
-    model's weights)."""
+    model's weights).
+
+    Example:
+        >>> ranges = int8_range_variables(qat.get_layer("quant_stem").layer)
+    """
     return [variable for owner in int8_layers(layer)
             for variable in (owner._int8_ranges or {}).values()]
 
@@ -147,14 +163,23 @@ def observe_int8_ranges():
 
 def reset_int8_ranges(layer):
     """Forgets every range of ``layer`` and its sublayers (the next batch or observation
-    sets them)."""
+    sets them).
+
+    Example:
+        >>> reset_int8_ranges(qat.get_layer("quant_stage4_mvit").layer)
+    """
     for variable in int8_range_variables(layer):
         variable.assign(tf.zeros_like(variable))
 
 
 def activation_points(name, activation):
     """The int8 points of ``activation`` applied at point ``name`` (see
-    :func:`int8_activation`)."""
+    :func:`int8_activation`).
+
+    Example:
+        >>> activation_points("up", "swish")
+        ('up', 'sigmoid_up', 'up_swish')
+    """
     if activation == "swish":
         return (name, f"sigmoid_{name}", f"{name}_swish")
     if activation == "hard_swish":
@@ -167,6 +192,9 @@ def int8_activation(layer, name, activation, x, training=None):
 
     ReLU and ReLU6 fuse into the op before them (one point, after the activation); swish is
     LOGISTIC (fixed range) and MUL after the op's own output; hard swish is HARD_SWISH.
+
+    Example:
+        >>> hidden = int8_activation(self, "up", "swish", self.up(x), training)
     """
     from tinymoe.layers.activations import get_activation
 
@@ -197,7 +225,12 @@ _POINT_OPS = {
 
 
 def point_ops(name):
-    """The TFLite ops that may quantise the tensor at an int8 point called ``name``."""
+    """The TFLite ops that may quantise the tensor at an int8 point called ``name``.
+
+    Example:
+        >>> point_ops("rsqrt"), point_ops("sigmoid_up")
+        (('RSQRT',), ('LOGISTIC',))
+    """
     if name.startswith("sigmoid"):
         return ("LOGISTIC",)
     if name.startswith("softmax"):
@@ -212,10 +245,19 @@ def point_ops(name):
 
 
 def set_int8_range(layer, name, low, high):
-    """Sets the range of ``layer``'s int8 point ``name`` (seen, so it quantises)."""
+    """Sets the range of ``layer``'s int8 point ``name`` (seen, so it quantises).
+
+    Example:
+        >>> set_int8_range(norm, "rsqrt", 0.0, 3.5)
+    """
     layer._int8_ranges[name].assign([low, high, 1.0])
 
 
 def is_fixed(name):
-    """True for points whose range TFLite fixes (sigmoid and softmax outputs)."""
+    """True for points whose range TFLite fixes (sigmoid and softmax outputs).
+
+    Example:
+        >>> is_fixed("softmax"), is_fixed("rsqrt")
+        (True, False)
+    """
     return name.startswith(_FIXED_KINDS)

@@ -73,7 +73,12 @@ SAME_SCALE_OPS = ("RESHAPE", "STRIDED_SLICE", "TRANSPOSE", "PAD", "SPACE_TO_DEPT
 
 def quantising_ops(tflite_bytes):
     """``(op, output tensor name, scale, zero point)`` of every op of an int8 model that
-    quantises a new tensor, in execution order."""
+    quantises a new tensor, in execution order.
+
+    Example:
+        >>> quantising_ops(tflite_bytes)[0][0]
+        'CONV_2D'
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(model_content=tflite_bytes,  # no delegate: every op listed
