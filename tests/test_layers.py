@@ -16,6 +16,7 @@ LAYER_CASES = [
     (InvertedResidual, {"filters": 8, "strides": 1}, (8, 8, 8), None),
     (InvertedResidual, {"filters": 16, "strides": 2, "expand_ratio": 1}, (8, 8, 8), (4, 4, 16)),
     (PatchUnfold, {"patch_size": 2}, (6, 4, 3), (4, 6, 3)),
+    (PatchUnfold, {"patch_size": 2, "pad_mode": "edge"}, (5, 3, 3), (4, 6, 3)),
     (PatchFold, {"height": 5, "width": 4, "patch_size": 2}, (4, 6, 3), (5, 4, 3)),
     (LayerNorm, {"epsilon": 1e-5}, (4, 6, 8), None),
     (SeparableSelfAttention, {}, (4, 6, 8), None),
@@ -25,6 +26,8 @@ LAYER_CASES = [
     (TransformerLayer, {"ffn_dim": 16, "moe": MOE}, (4, 6, 8), None),
     (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "moe_layers": (-1,),
                         "moe": MOE}, (6, 6, 12), None),
+    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 1, "pad_mode": "edge"},
+     (3, 3, 12), None),
 ]
 
 
@@ -52,6 +55,25 @@ def test_unfold_pads_odd_maps_and_fold_crops_back():
     tokens = PatchUnfold(2)(x)
     assert tokens.shape == (2, 4, 6, 4)  # 3x5 padded to 4x6: 2x3 patches
     np.testing.assert_array_equal(PatchFold(3, 5, 2)(tokens).numpy(), x)
+
+
+def test_edge_padding_copies_the_last_row_and_column_and_no_token_has_zero_variance():
+    x = np.random.default_rng(3).normal(size=(1, 3, 3, 4)).astype(np.float32)
+    tokens = PatchUnfold(2, pad_mode="edge")(x)
+    padded = np.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)], mode="edge")
+    np.testing.assert_array_equal(tokens.numpy(), PatchUnfold(2)(padded).numpy())
+    assert tokens.numpy().var(axis=-1).min() > 0
+    np.testing.assert_array_equal(PatchFold(3, 3, 2)(tokens).numpy(), x)
+    # Zero padding, for comparison: 7 of the 16 pixel tokens are zero vectors.
+    zeros = PatchUnfold(2)(x).numpy()
+    assert int(np.sum(zeros.var(axis=-1) == 0)) == 7
+
+
+def test_unfold_refuses_a_pad_mode_it_does_not_know_and_an_edge_it_cannot_copy():
+    with pytest.raises(ValueError, match="pad_mode must be one of"):
+        PatchUnfold(2, pad_mode="reflect")
+    with pytest.raises(ValueError, match="cannot be edge-padded to 4x4"):
+        PatchUnfold(4, pad_mode="edge")(np.zeros((1, 1, 1, 2), np.float32))
 
 
 def test_unfold_refuses_a_map_it_cannot_tile_when_padding_is_off():

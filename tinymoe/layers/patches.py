@@ -33,24 +33,43 @@ def patch_grid(height, width, patch_size, pad):
     return padded_h, padded_w
 
 
+PAD_MODES = ("zeros", "edge")
+
+
+def check_pad_mode(pad_mode):
+    """Returns ``pad_mode`` if it is one of :data:`PAD_MODES`, else raises ``ValueError``.
+
+    Example:
+        >>> check_pad_mode("edge")
+        'edge'
+    """
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}.")
+    return pad_mode
+
+
 @register
 class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
     """Cuts a feature map into non-overlapping patches: ``[B, H, W, C] -> [B, P, N, C]``.
 
     Args:
         patch_size: int, side of a square patch (2 in MobileViTv2).
-        pad: bool, zero-pad a feature map whose sides are not multiples of ``patch_size``
+        pad: bool, pad a feature map whose sides are not multiples of ``patch_size``
             (bottom and right); when False such a map is refused with an error.
+        pad_mode: "zeros" (zero pixels: tokens of zero variance, whose layer norm statistics
+            int8 holds badly) or "edge" (copies of the last row and column: MIRROR_PAD,
+            SYMMETRIC, in the int8 graph). The padding is cropped away by the fold.
 
     Example:
         >>> PatchUnfold(2)(tf.zeros([1, 8, 6, 16])).shape
         TensorShape([1, 4, 12, 16])
     """
 
-    def __init__(self, patch_size=2, pad=True, **kwargs):
+    def __init__(self, patch_size=2, pad=True, pad_mode="zeros", **kwargs):
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
         self.pad = bool(pad)
+        self.pad_mode = check_pad_mode(pad_mode)
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be at least 1, got {patch_size}.")
 
@@ -60,14 +79,21 @@ class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
                              f"input shape {tuple(input_shape)}.")
         self.height, self.width = int(input_shape[1]), int(input_shape[2])
         self.padded = patch_grid(self.height, self.width, self.patch_size, self.pad)
+        if self.pad_mode == "edge" and (self.padded[0] - self.height > self.height
+                                        or self.padded[1] - self.width > self.width):
+            raise ValueError(
+                f"{self.name}: a {self.height}x{self.width} map cannot be edge-padded to "
+                f"{self.padded[0]}x{self.padded[1]} (MIRROR_PAD copies at most the map's own "
+                "size); use pad_mode='zeros' or a larger input.")
         super().build(input_shape)
 
     def call(self, x):
         p = self.patch_size
         padded_h, padded_w = self.padded
         if (padded_h, padded_w) != (self.height, self.width):
+            mode = "SYMMETRIC" if self.pad_mode == "edge" else "CONSTANT"
             x = tf.pad(x, [[0, 0], [0, padded_h - self.height], [0, padded_w - self.width],
-                           [0, 0]])
+                           [0, 0]], mode=mode)
         channels = x.shape[-1]
         num_patches = (padded_h // p) * (padded_w // p)
         x = tf.nn.space_to_depth(x, p)  # [B, H, W, C] -> [B, H/p, W/p, p*p*C]
@@ -81,7 +107,8 @@ class PatchUnfold(ScopedBuildMixin, keras.layers.Layer):
         return (input_shape[0], self.patch_size ** 2, n, input_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": self.patch_size, "pad": self.pad}
+        return {**super().get_config(), "patch_size": self.patch_size, "pad": self.pad,
+                "pad_mode": self.pad_mode}
 
 
 @register

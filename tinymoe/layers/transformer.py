@@ -110,6 +110,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         activation: activation of the convolutions and feed-forwards.
         bn_momentum: float, batch norm momentum.
         dropout: float, dropout inside the transformer layers.
+        pad_mode: how a map that patches cannot tile is padded, "zeros" or "edge" (see
+            :class:`PatchUnfold`).
 
     Example:
         >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
@@ -119,7 +121,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
                  activation="swish", bn_momentum=0.9, dropout=0.0, capacity_factors=None,
-                 **kwargs):
+                 pad_mode="zeros", **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)
@@ -140,7 +142,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         self.dropout = float(dropout)
         self.local_dw = None
         self.local_pw = keras.layers.Conv2D(self.attn_dim, 1, use_bias=False, name="local_pw")
-        self.unfold = PatchUnfold(self.patch_size, name="unfold")
+        self.pad_mode = pad_mode
+        self.unfold = PatchUnfold(self.patch_size, pad_mode=pad_mode, name="unfold")
         self.transformer = [
             TransformerLayer(self.ffn_dim, moe=self._layer_moe(i),
                              activation=activation, dropout=self.dropout,
@@ -211,7 +214,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
                 "moe_layers": list(self.moe_layers), "moe": self.moe,
                 "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "pad_mode": self.pad_mode}
 
 
 def _layer_index(index, num_layers):

@@ -7,7 +7,8 @@ on the Edge" (arXiv 2411.07834).
 
 Differences from the reference, each for TFLite Micro: the layer norm normalises each token
 over its channels (the reference's GroupNorm over the whole map does not convert to int8 ops),
-and a feature map that 2x2 patches cannot tile is zero-padded instead of resized.
+and a feature map that 2x2 patches cannot tile is padded (with zeros or copies of its edge)
+instead of resized.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from typing import Optional, Tuple
 from tinymoe.backend import keras
 from tinymoe.layers import ConvBNAct, InvertedResidual, MobileViTV2Block, make_divisible
 from tinymoe.layers.moe import ROUTING_MODES, validate_moe_args
+from tinymoe.layers.patches import check_pad_mode
 
 TOTAL_STRIDE = 32
 TRANSFORMER_STAGES = (3, 4, 5)
@@ -153,6 +155,8 @@ class MobileViTV2Config:
             ``stem_channels`` is given.
         stem_channels: channels of the stem convolution (None: from ``width``).
         stem_activation: activation of the stem convolution.
+        pad_mode: how the attention blocks pad a map that 2x2 patches cannot tile (e.g. 3x3
+            at 96x96): "zeros" or "edge" (see :class:`tinymoe.layers.PatchUnfold`).
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
@@ -167,8 +171,10 @@ class MobileViTV2Config:
     layout: Optional[Tuple[StageConfig, ...]] = None
     stem_channels: Optional[int] = None
     stem_activation: str = "swish"
+    pad_mode: str = "zeros"
 
     def __post_init__(self):
+        check_pad_mode(self.pad_mode)
         if self.layout is not None:
             if len(self.layout) != 5:
                 raise ValueError(f"layout must have 5 stages, got {len(self.layout)}.")
@@ -253,7 +259,7 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
                 ffn_dim = config.moe.expert_hidden_dim or ffn_dim
             x = MobileViTV2Block(attn_dim, ffn_dim, stage["attn_layers"],
                                  moe_layers=tuple(moe_layers.get(number, ())), moe=moe,
-                                 bn_momentum=config.bn_momentum,
+                                 bn_momentum=config.bn_momentum, pad_mode=config.pad_mode,
                                  name=f"stage{number}_mvit")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)

@@ -67,7 +67,8 @@ def calibrate_int8_ranges(qat_model, images):
 
 # Ops whose int8 output keeps its input's quantisation (they move or pick values), and CAST
 # (an int8 count in the dispatch, not a quantised tensor): no int8 point stands for them.
-SAME_SCALE_OPS = ("RESHAPE", "STRIDED_SLICE", "TRANSPOSE", "PAD", "SPACE_TO_DEPTH", "GATHER",
+SAME_SCALE_OPS = ("RESHAPE", "STRIDED_SLICE", "TRANSPOSE", "PAD", "MIRROR_PAD",
+                  "SPACE_TO_DEPTH", "GATHER",
                   "CONCATENATION", "REDUCE_MAX", "CAST")
 
 
