@@ -71,20 +71,17 @@ def test_tflm_output_matches_litert_reference_kernels(trained, data):
     """
     name, model, tflite_bytes = trained
     images = data[0][32:40]
-    (in_scale, in_zero), (out_scale, out_zero) = _io_quantization(tflite_bytes)
+    (in_scale, in_zero), _ = _io_quantization(tflite_bytes)
     assert_ops_agree(tflite_bytes, quantize(images, in_scale, in_zero))
 
     micro = tflm_invoke(tflite_bytes, images, dequantize_output=False).astype(int)
     lite = litert_invoke(tflite_bytes, images, dequantize_output=False).astype(int)
     assert micro.shape == lite.shape == (len(images), CLASSES)
-    # End to end, a comparison rather than a bound (the per-op check above is the bound):
-    # the runtimes' difference is a 1 LSB rounding at a few ops grown by the later ops; the
-    # int8 error against the float model is up to half an LSB at every one of the hundreds
-    # of requantisations, grown by the same later ops. So the runtimes differ by less than
-    # int8 differs from float, on any float path (about 4 against 12 to 23 LSB for the MoE).
-    float_lsb = model(images, training=False).numpy() / out_scale + out_zero
-    assert np.abs(micro - lite).max() <= np.abs(lite - float_lsb).max(), (
-        np.abs(micro - lite).max(), np.abs(lite - float_lsb).max())
+    # No end-to-end comparison: the runtimes' difference (a 1 LSB rounding at a few ops,
+    # grown by the later ops: up to 3-4 LSB here) and the int8 model's own error against
+    # float are not ordered by anything in the kernels. They were compared here while zero
+    # padding at 96x96 left 12 to 23 LSB of int8 error; with edge padding that error is
+    # 2 to 3 LSB, below the runtimes' difference.
 
 
 def test_tflm_int8_agrees_with_keras_float_on_top1(trained, data):

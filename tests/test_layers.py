@@ -62,11 +62,20 @@ def test_edge_padding_copies_the_last_row_and_column_and_no_token_has_zero_varia
     tokens = PatchUnfold(2, pad_mode="edge")(x)
     padded = np.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)], mode="edge")
     np.testing.assert_array_equal(tokens.numpy(), PatchUnfold(2)(padded).numpy())
+    assert PatchUnfold(2).pad_mode == "edge"  # the default
     assert tokens.numpy().var(axis=-1).min() > 0
     np.testing.assert_array_equal(PatchFold(3, 3, 2)(tokens).numpy(), x)
     # Zero padding, for comparison: 7 of the 16 pixel tokens are zero vectors.
-    zeros = PatchUnfold(2)(x).numpy()
+    zeros = PatchUnfold(2, pad_mode="zeros")(x).numpy()
     assert int(np.sum(zeros.var(axis=-1) == 0)) == 7
+
+
+def test_a_config_saved_before_pad_mode_loads_with_the_zero_padding_it_was_trained_with():
+    for layer in (PatchUnfold(2), MobileViTV2Block(8, 16, 1)):
+        config = layer.get_config()
+        assert type(layer).from_config(config).pad_mode == "edge"
+        del config["pad_mode"]
+        assert type(layer).from_config(config).pad_mode == "zeros"
 
 
 def test_unfold_refuses_a_pad_mode_it_does_not_know_and_an_edge_it_cannot_copy():

@@ -6,7 +6,7 @@ from tinymoe.layers.conv import ConvBNAct
 from tinymoe.layers.feedforward import FeedForward
 from tinymoe.layers.moe import MoEFeedForward
 from tinymoe.layers.norm import LayerNorm
-from tinymoe.layers.patches import PatchFold, PatchUnfold
+from tinymoe.layers.patches import PatchFold, PatchUnfold, with_saved_pad_mode
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 
 
@@ -110,8 +110,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         activation: activation of the convolutions and feed-forwards.
         bn_momentum: float, batch norm momentum.
         dropout: float, dropout inside the transformer layers.
-        pad_mode: how a map that patches cannot tile is padded, "zeros" or "edge" (see
-            :class:`PatchUnfold`).
+        pad_mode: how a map that patches cannot tile is padded, "edge" or "zeros" (see
+            :class:`PatchUnfold`; a config saved without it loads as "zeros").
 
     Example:
         >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
@@ -121,7 +121,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
                  activation="swish", bn_momentum=0.9, dropout=0.0, capacity_factors=None,
-                 pad_mode="zeros", **kwargs):
+                 pad_mode="edge", **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)
@@ -215,6 +215,10 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
                 "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
                 "dropout": self.dropout, "pad_mode": self.pad_mode}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**with_saved_pad_mode(config))
 
 
 def _layer_index(index, num_layers):

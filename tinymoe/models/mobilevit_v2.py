@@ -7,8 +7,8 @@ on the Edge" (arXiv 2411.07834).
 
 Differences from the reference, each for TFLite Micro: the layer norm normalises each token
 over its channels (the reference's GroupNorm over the whole map does not convert to int8 ops),
-and a feature map that 2x2 patches cannot tile is padded (with zeros or copies of its edge)
-instead of resized.
+and a feature map that 2x2 patches cannot tile is padded with copies of its last row and
+column instead of resized (zero padding gives tokens of zero variance, which int8 cannot hold).
 """
 
 import dataclasses
@@ -156,7 +156,7 @@ class MobileViTV2Config:
         stem_channels: channels of the stem convolution (None: from ``width``).
         stem_activation: activation of the stem convolution.
         pad_mode: how the attention blocks pad a map that 2x2 patches cannot tile (e.g. 3x3
-            at 96x96): "zeros" or "edge" (see :class:`tinymoe.layers.PatchUnfold`).
+            at 96x96): "edge" or "zeros" (see :class:`tinymoe.layers.PatchUnfold`).
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
@@ -171,7 +171,7 @@ class MobileViTV2Config:
     layout: Optional[Tuple[StageConfig, ...]] = None
     stem_channels: Optional[int] = None
     stem_activation: str = "swish"
-    pad_mode: str = "zeros"
+    pad_mode: str = "edge"
 
     def __post_init__(self):
         check_pad_mode(self.pad_mode)
