@@ -64,3 +64,32 @@ def test_calibration_refuses_an_int8_graph_that_does_not_line_up(calibrated_qat)
                                          "mirror the int8 graph"):
         _adopt_int8_ranges(qat, to_tflite(dense, images[:4], verify=False), images[0], [])
     assert int8_point_trace(qat, images[0]) == before
+
+
+def test_a_token_of_tiny_variance_does_not_stretch_the_rsqrt_range():
+    """A token whose variance rounds to an int8 0 gets the top of the RSQRT range in int8, as
+    calibrated on the float model; its 1/sqrt(epsilon) must not become that top in QAT.
+
+    Tokens of +-3 (variance 9: the variance's int8 step is 9 / 255 = 0.035) and one of +-0.1
+    (variance 0.01, under half a step, so its int8 variance is 0). The float model's
+    reciprocals are 1/3 and 1/sqrt(0.01 + 1e-5) = 9.995, the range calibration would give.
+    """
+    from tinymoe.layers import LayerNorm
+    from tinymoe.layers.int8 import enable_int8_simulation
+
+    signs = np.where(np.arange(8) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    x = np.stack([3.0 * signs] * 7 + [0.1 * signs])[None, None]  # [1, 1, 8 tokens, 8]
+    norm = LayerNorm(epsilon=1e-5)
+    norm.build(x.shape)
+    enable_int8_simulation(norm)
+    norm(x, training=True)  # the first batch sets every range
+    low, high, _ = norm._int8_ranges["rsqrt"].numpy()
+    np.testing.assert_allclose(high, 1 / np.sqrt(0.01 + 1e-5), rtol=1e-5)
+    assert low == pytest.approx(1 / 3, rel=1e-5)
+    # The other tokens keep their normalised values, +-1, to within 0.1. Half an rsqrt step
+    # (10 / 255 / 2 = 0.0196) times |centred| = 3 is 0.059; the centred, normalised, scaled
+    # and output points add half a step each, under 0.02 together. With the range stretched
+    # to 316 one rsqrt step is 1.24, 1/3 rounds to 0 and every output is 0: an error of 1.
+    out = norm(x, training=False).numpy()[0, 0]
+    reference = x[0, 0] / np.sqrt(x[0, 0].var(axis=-1, keepdims=True) + 1e-5)
+    assert np.abs(out[:7] - reference[:7]).max() < 0.1

@@ -65,9 +65,10 @@ class Int8Points:
     def get_config(self):
         return {**super().get_config(), "simulate_int8": self.simulate_int8}
 
-    def int8(self, name, x, training=None):
+    def int8(self, name, x, training=None, observed=None):
         """``x`` as the int8 model will hold it at point ``name`` (``x`` itself unless
-        simulating)."""
+        simulating). The range is learnt from ``observed`` where given (a tensor of the
+        float model that calibration would see in place of ``x``), else from ``x``."""
         if self._int8_ranges is None:
             return x
         if name.startswith(_FIXED_KINDS):
@@ -75,7 +76,8 @@ class Int8Points:
                 return x
             return tf.quantization.fake_quant_with_min_max_args(x, *FIXED_RANGE, num_bits=8)
         state = self._int8_ranges[name]  # [min, max, seen]
-        low, high = tf.reduce_min(x), tf.reduce_max(x)
+        seen_values = x if observed is None else observed
+        low, high = tf.reduce_min(seen_values), tf.reduce_max(seen_values)
         if _observing:
             seen = state[2] > 0
             state.assign(tf.stack([tf.where(seen, tf.minimum(state[0], low), low),

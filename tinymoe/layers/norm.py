@@ -36,11 +36,18 @@ class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
         variance = q("variance", tf.reduce_mean(q("square", centred * centred), axis=-1,
                                                 keepdims=True))
         shifted = q("shifted", variance + self.epsilon)
+        observed = None
         if self.simulate_int8:
-            # An int8 variance can round to 0, where int8 RSQRT gives its range's top; this
-            # gives 1/sqrt(epsilon), which the rsqrt point clips there, not infinity.
+            # A token whose squares are under half an int8 step has an int8 variance of 0,
+            # where int8 RSQRT gives the top of its range. That range is calibrated on the
+            # float model, which never sees the 0: so the rsqrt point learns its range from
+            # the float variance and clips the 1/sqrt(epsilon) (316) of a zero there. Learnt
+            # from the int8 one, a single such token would stretch the range to 316 and
+            # leave every other token's reciprocal a few of its 255 steps.
             shifted = tf.maximum(shifted, self.epsilon)
-        scale = q("rsqrt", tf.math.rsqrt(shifted))
+            _, float_variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+            observed = tf.math.rsqrt(float_variance + self.epsilon)
+        scale = self.int8("rsqrt", tf.math.rsqrt(shifted), training, observed=observed)
         return q("out", q("scaled", q("normalised", centred * scale) * self.gamma) + self.beta)
 
     def int8_point_names(self):
