@@ -19,14 +19,14 @@ import pytest
 from conftest import synthetic_images
 from tinymoe.backend import keras
 from tinymoe.cli import main
-from tinymoe.export import strip_for_device, tflm_invoke, to_tflite
+from tinymoe.export import op_names, strip_for_device, tflm_invoke, to_tflite
 from tinymoe.export.device import (_make, firmware_dir, missing_requirements, run_firmware,
                                    tflm_paths)
 from tinymoe.export.runtime import _scale_zero_point
 from tinymoe.layers import ConvBNAct
 from tinymoe.models import create_model, with_dispatch
 
-SIZE, CLASSES = 64, 4
+SIZE, CLASSES = 32, 4
 
 
 def _require(target):
@@ -41,14 +41,16 @@ def _require(target):
 
 @pytest.fixture(scope="module")
 def flagship():
-    """The registered MoE flagship (sparse dispatch, as exported) at 64x64, its int8 model,
-    and three images: every op type our models use, on a few seconds of emulation."""
+    """The registered MoE flagship (sparse dispatch, as exported) at 32x32, its int8 model,
+    and three images: every op type our models use, on a few seconds of emulation. At 32x32
+    stage 5 is 1x1 and is edge-padded to one 2x2 patch (MIRROR_PAD), as at 96x96."""
     keras.utils.set_random_seed(0)
     images, _ = synthetic_images(24, SIZE, CLASSES, seed=3)
     images = np.round(images)
     model = with_dispatch(create_model("mobilevit_v2_moe_050", num_classes=CLASSES,
                                        input_shape=(SIZE, SIZE, 3)), "sparse", 1.25)
     tflite_bytes = to_tflite(model, images[:16])
+    assert "MIRROR_PAD" in op_names(tflite_bytes)
     test_images = np.concatenate([images[16:18], np.full((1, SIZE, SIZE, 3), 128.0)])
     return tflite_bytes, test_images
 
