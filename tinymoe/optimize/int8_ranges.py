@@ -132,10 +132,10 @@ def _traced_points(qat_model, image):
     """``(layer, point)`` of every int8 point, in the order one image passes them."""
     trace, original = [], Int8Points.int8
 
-    def traced(layer, name, x, training=None):
+    def traced(layer, name, x, training=None, observed=None):
         if layer._int8_ranges is not None:
             trace.append((layer, name))
-        return original(layer, name, x, training)
+        return original(layer, name, x, training, observed)
 
     Int8Points.int8 = traced
     try:
