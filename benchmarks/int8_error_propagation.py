@@ -24,7 +24,7 @@ import time
 import numpy as np
 from common import run_meta, write_results
 
-from tinymoe.backend import tf
+from tinymoe.backend import keras, tf
 from tinymoe.data import load_dataset
 from tinymoe.export import to_tflite
 from tinymoe.pipeline import load_model
@@ -125,6 +125,7 @@ def qat_model(model, data, args):
     from tinymoe.optimize import quantize_aware, strip_quantization
 
     x_train, y_train = data.split("train")
+    keras.utils.set_random_seed(args.seed)
     qat = quantize_aware(model)
     train = make_dataset(x_train, y_train, data.num_classes, 32, training=True,
                          augment=AugmentConfig(crop=True, flip=True))
@@ -145,6 +146,7 @@ def main(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=0,
                         help="also compare after this many epochs of QAT")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="of the QAT")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle and augmentation of QAT")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     start = time.time()

@@ -21,6 +21,7 @@ import time
 from common import run_meta, write_results
 
 from tinymoe.augment import AugmentConfig, make_dataset
+from tinymoe.backend import keras
 from tinymoe.data import load_dataset
 from tinymoe.export import to_tflite
 from tinymoe.optimize import quantize_aware, strip_quantization
@@ -38,6 +39,7 @@ def gap_rows(name, path, data, args):
     rows = []
     for method in args.methods:
         start = time.time()
+        keras.utils.set_random_seed(args.seed)  # the same shuffle and augmentation per method
         model = load_model(path)
         if method == "ptq":
             converted, tflite_bytes = model, to_tflite(model, calibration)
@@ -91,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--calibration", type=int, default=200, help="training images")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle and augmentation of QAT")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
