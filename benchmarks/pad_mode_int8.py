@@ -6,9 +6,9 @@ At 96x96 the last attention stage sees a 3x3 map, which 2x2 patches cannot tile.
 zeros ("zeros"), 7 of its 16 pixel tokens are all zero: their layer norm variance is 0, so
 the reciprocal square root of epsilon alone (316 for 1e-5) sets the int8 range of the RSQRT
 that the real tokens' values share. Padded with copies of the last row and column ("edge",
-MIRROR_PAD), no token has zero variance. Each mode trains the same
-model from the same seed with the same recipe; post-training int8 (200 training images
-calibrate) runs in TFLite Micro. The checkpoint is chosen on val; test is reported only.
+MIRROR_PAD), no token has zero variance. Each mode trains the same model from the same seed
+with the same recipe; post-training int8 (200 training images calibrate) runs in TFLite
+Micro. The checkpoint is chosen on val; test is reported only.
 
     python benchmarks/pad_mode_int8.py --size 96 --epochs 10 --seeds 0 1 \\
         --out benchmarks/results/pad_mode_int8_96px
@@ -47,13 +47,14 @@ def mode_rows(data, mode, seed, args):
                            AugmentConfig(crop=True, flip=True), verbose=2)
     best = load_model(summary["best"])
     tflite_bytes = to_tflite(best, data.split("train")[0][:200])
+    rsqrt_range = largest_rsqrt_range(tflite_bytes)
     rows = []
     for split in ("val", "test"):
         x, y = data.split(split)
         rows.append({"model": args.model, "pad_mode": mode, "seed": seed, "split": split,
                      "float_top1": evaluate(best, x, y, data.num_classes),
                      "int8_top1": evaluate_tflite(tflite_bytes, x, y),
-                     "rsqrt_range": largest_rsqrt_range(tflite_bytes),
+                     "rsqrt_range": rsqrt_range,
                      "train_images_per_s": summary["images_per_second"],
                      "wall_s": round(time.time() - start, 1)})
         rows[-1]["gap"] = rows[-1]["int8_top1"] - rows[-1]["float_top1"]

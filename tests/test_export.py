@@ -69,7 +69,7 @@ def test_tflm_output_matches_litert_reference_kernels(trained, data):
     different inputs, and how much a later op grows it depends on the trained weights and
     calibrated scales, so no end-to-end LSB count follows from the kernels.
     """
-    name, model, tflite_bytes = trained
+    _, _, tflite_bytes = trained
     images = data[0][32:40]
     (in_scale, in_zero), _ = _io_quantization(tflite_bytes)
     assert_ops_agree(tflite_bytes, quantize(images, in_scale, in_zero))

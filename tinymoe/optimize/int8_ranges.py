@@ -68,8 +68,7 @@ def calibrate_int8_ranges(qat_model, images):
 # Ops whose int8 output keeps its input's quantisation (they move or pick values), and CAST
 # (an int8 count in the dispatch, not a quantised tensor): no int8 point stands for them.
 SAME_SCALE_OPS = ("RESHAPE", "STRIDED_SLICE", "TRANSPOSE", "PAD", "MIRROR_PAD",
-                  "SPACE_TO_DEPTH", "GATHER",
-                  "CONCATENATION", "REDUCE_MAX", "CAST")
+                  "SPACE_TO_DEPTH", "GATHER", "CONCATENATION", "REDUCE_MAX", "CAST")
 
 
 def quantising_ops(tflite_bytes):
