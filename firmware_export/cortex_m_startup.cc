@@ -1,8 +1,9 @@
-// Start-up code of the Cortex-M3 image run under QEMU (mps2-an385, linker script
-// mps2_an385.ld): the vector table, the reset handler (copy .data, zero .bss, run the C++
-// constructors, call main with the semihosting command line, exit through semihosting) and
-// a fault handler that reports the fault and exits instead of hanging. Input and output go
-// through newlib's semihosting library (--specs=rdimon.specs).
+// Start-up code of the Cortex-M images run under QEMU (mps2-an385 for the Cortex-M3,
+// mps2-an500 for the Cortex-M7; both boards have the memory map of mps2_an385.ld): the
+// vector table, the reset handler (enable the FPU of a hard-float image, copy .data, zero
+// .bss, run the C++ constructors, call main with the semihosting command line, exit through
+// semihosting) and a fault handler that reports the fault and exits instead of hanging.
+// Input and output go through newlib's semihosting library (--specs=rdimon.specs).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +59,12 @@ int read_arguments() {
 }  // namespace
 
 void Reset_Handler() {
+#if defined(__ARM_FP)
+  // A hard-float image (Cortex-M7): give the FPU (coprocessors 10 and 11) full access in
+  // CPACR before any floating-point instruction runs.
+  *reinterpret_cast<volatile uint32_t*>(0xE000ED88) |= 0xFu << 20;
+  asm volatile("dsb\n\tisb" ::: "memory");
+#endif
   uint32_t* source = &__data_load;
   for (uint32_t* target = &__data_start; target < &__data_end;) *target++ = *source++;
   for (uint32_t* target = &__bss_start__; target < &__bss_end__;) *target++ = 0;

@@ -1,4 +1,4 @@
-// The tinymoe firmware app for a host build and for the Cortex-M3 image under QEMU:
+// The tinymoe firmware app for a host build and for the Cortex-M3/M7 images under QEMU:
 //   ./classify [IMAGE.rgb]
 // IMAGE.rgb holds exactly kInputHeight x kInputWidth x kInputChannels raw bytes (RGB,
 // 0..255), e.g. written with numpy: image.astype("uint8").tofile("image.rgb"). Without it, a
@@ -50,7 +50,18 @@ static void print_flash_footprint() {
 static void print_flash_footprint() {}
 #endif
 
+#if defined(TINYMOE_DEBUG_LOG_CALLBACK)
+// cortex_m_generic's DebugLog hands each formatted piece to a callback: print it
+// (semihosting under QEMU; a UART on a board).
+#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+
+static void print_log(const char* text) { std::fputs(text, stdout); }
+#endif
+
 int main(int argc, char** argv) {
+#if defined(TINYMOE_DEBUG_LOG_CALLBACK)
+  RegisterDebugLogCallback(print_log);
+#endif
   if (argc > 1) image_path = argv[1];
   print_flash_footprint();
   if (!setup_model()) return 1;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "image_provider.h"
+#include "instruction_counter.h"
 #include "labels.h"
 #include "model_data.h"
 #include "model_settings.h"
@@ -28,6 +29,9 @@ using Interpreter = tflite::MicroInterpreter;
 
 ModelOpResolver op_resolver;
 Interpreter* interpreter = nullptr;
+// Under QEMU: instructions per op type, and per inference (instruction_counter.h).
+tinymoe::OpInstructionProfiler profiler;
+uint32_t inference_ticks = 0;
 alignas(16) uint8_t tensor_arena[kTensorArenaSize];
 uint8_t image[kInputSize];
 
@@ -44,7 +48,13 @@ bool setup_model() {
     MicroPrintf("Could not register the model's ops.");
     return false;
   }
-  static Interpreter static_interpreter(model, op_resolver, tensor_arena, kTensorArenaSize);
+  tflite::MicroProfilerInterface* op_profiler = nullptr;
+  if (tinymoe::kCountsInstructions) {
+    tinymoe::StartInstructionCounter();
+    op_profiler = &profiler;
+  }
+  static Interpreter static_interpreter(model, op_resolver, tensor_arena, kTensorArenaSize,
+                                        nullptr, op_profiler);
   interpreter = &static_interpreter;
   if (interpreter->AllocateTensors() != kTfLiteOk) {
     MicroPrintf("AllocateTensors failed: kTensorArenaSize (%d bytes) is too small?",
@@ -69,10 +79,13 @@ bool classify(const uint8_t* pixels, int k, int* top_classes, float* top_scores)
     int q = static_cast<int>(std::lround(pixels[i] / kInputScale)) + kInputZeroPoint;
     input[i] = static_cast<int8_t>(q < -128 ? -128 : (q > 127 ? 127 : q));
   }
+  profiler.Reset();
+  const uint32_t start = tinymoe::InstructionTicks();
   if (interpreter->Invoke() != kTfLiteOk) {
     MicroPrintf("Invoke failed.");
     return false;
   }
+  inference_ticks = tinymoe::InstructionTicks() - start;
   const int8_t* output = interpreter->output(0)->data.int8;
   for (int j = 0; j < k; ++j) {
     top_classes[j] = -1;
@@ -123,6 +136,12 @@ bool classify_and_print() {
     MicroPrintf("int8 output: %s", line);
   }
   MicroPrintf("Arena used: %d bytes.", static_cast<int>(interpreter->arena_used_bytes()));
+  if (tinymoe::kCountsInstructions) {
+    MicroPrintf("Instructions per inference: %llu",
+                static_cast<unsigned long long>(inference_ticks) *
+                    tinymoe::kInstructionsPerTick);
+    profiler.Print();
+  }
 #ifdef TINYMOE_RECORD_ALLOCATIONS
   interpreter->GetMicroAllocator().PrintAllocations();
 #endif

@@ -10,7 +10,7 @@ from tinymoe import commands
 
 # Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
 # of TFLite Micro (tinymoe.export.device).
-TARGETS = ("python", "host", "cortex-m3")
+TARGETS = ("python", "host", "cortex-m3", "cortex-m7")
 
 
 def _add_data_args(parser, default_size=32):
@@ -206,9 +206,15 @@ def build_parser():
                         help="fail (exit 2) if the model is larger")
     report.add_argument("--target", choices=TARGETS, default="python",
                         help="also build the firmware app against TFLite Micro's C++ sources "
-                             "and measure there: cortex-m3 (QEMU mps2-an385: the arena a "
-                             "32-bit MCU needs, and the image's flash) or host; --arena-limit "
-                             "then applies to that arena (default: python only)")
+                             "and measure there: cortex-m7 (CMSIS-NN kernels, QEMU "
+                             "mps2-an500: what an STM32F746 runs) or cortex-m3 (reference "
+                             "kernels, QEMU mps2-an385) give the arena a 32-bit MCU needs, "
+                             "the image's flash and the instructions per inference and per "
+                             "op; host the arena of a native build; --arena-limit then "
+                             "applies to that arena (default: python only)")
+    report.add_argument("--clock-mhz", type=float, default=216.0, metavar="MHZ",
+                        help="clock for the milliseconds shown beside the instructions, at "
+                             "one instruction per cycle (default: 216, an STM32F746)")
     report.set_defaults(run=commands.run_report)
 
     export = subcommands.add_parser(
@@ -249,8 +255,8 @@ def build_parser():
     export.add_argument("--target", choices=TARGETS, default="python",
                         help="where the arena is measured for kTensorArenaSize and "
                              "--arena-limit: python (the TFLite Micro Python interpreter, an "
-                             "upper bound; the default), cortex-m3 (the firmware app built "
-                             "for Cortex-M3 and run under QEMU) or host")
+                             "upper bound; the default), cortex-m7 or cortex-m3 (the firmware "
+                             "app built for that core and run under QEMU) or host")
     export.set_defaults(run=commands.run_export)
 
     evaluate = subcommands.add_parser(

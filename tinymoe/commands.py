@@ -167,7 +167,8 @@ def run_report(args):
         raise ValueError(f"The model takes {result['device_model_bytes']:,} bytes of flash as "
                          f"the firmware embeds it, more than the limit of "
                          f"{args.flash_limit:,} bytes.")
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    print(json.dumps(result, indent=2) if args.json
+          else format_report(result, clock_mhz=args.clock_mhz))
     return 0
 
 

@@ -1,8 +1,13 @@
 """Build the firmware app of ``firmware_export/`` against TensorFlow Lite Micro's C++ sources
-and run it: natively on the host, or as a Cortex-M3 image under QEMU (mps2-an385 board).
+and run it: natively on the host, as a Cortex-M3 image (reference kernels, QEMU's mps2-an385
+board) or as a Cortex-M7 image (hard float, CMSIS-NN kernels: what an STM32F746 runs; QEMU's
+mps2-an500 board).
 
 The app is the one a board runs; here it reads the image from a file (semihosting under QEMU)
-and prints its raw int8 output, ``arena_used_bytes()`` and, on Cortex-M, the flash footprint.
+and prints its raw int8 output, ``arena_used_bytes()`` and, on Cortex-M, the flash footprint
+and the instructions executed per inference and per op type. QEMU counts instructions
+exactly but models no cycles, caches or flash wait states: milliseconds derived from them
+(:func:`milliseconds_at`) assume one instruction per cycle.
 The TFLM library is built once per machine from the pinned source tarball (see
 ``firmware_export/Makefile``: 10-20 minutes the first time on 2 cores, cached after).
 """
@@ -18,9 +23,10 @@ import tempfile
 import numpy as np
 
 # tinymoe's target names -> firmware_export/Makefile's TARGET.
-TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu"}
+TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu"}
 # What each target needs on PATH beyond make and the venv's python.
-TOOLS = {"host": ("g++",), "cortex-m3": ("arm-none-eabi-g++", "qemu-system-arm")}
+TOOLS = {"host": ("g++",), "cortex-m3": ("arm-none-eabi-g++", "qemu-system-arm"),
+         "cortex-m7": ("arm-none-eabi-g++", "qemu-system-arm")}
 
 
 class FirmwareError(RuntimeError):
@@ -36,7 +42,7 @@ class FirmwareRun:
     """What the firmware app printed, parsed.
 
     Attributes:
-        target: ``"host"`` or ``"cortex-m3"``.
+        target: ``"host"``, ``"cortex-m3"`` or ``"cortex-m7"``.
         outputs: int8 array [N, classes], the model's raw output for each image.
         top: per image, the printed top labels as ``(label, score)`` (score in hundredths).
         arena_used_bytes: ``MicroInterpreter::arena_used_bytes()`` after the first invoke.
@@ -44,6 +50,10 @@ class FirmwareRun:
         flash_bytes: on Cortex-M, ``.text + .rodata + .data`` of the whole image (else None).
         model_array_bytes: the size of the model array the app embeds (the ``.tflite``
             stripped for the device, :func:`tinymoe.export.strip_for_device`).
+        instructions: on Cortex-M (QEMU), the instructions one ``Invoke()`` executed, the
+            largest over the images (counted to within 40); None on the host.
+        instructions_by_op: on Cortex-M, op type -> ``{"instructions", "calls"}`` of the
+            image with the most instructions, most expensive first; None on the host.
         allocations: with ``record_allocations``, TFLM's RecordingMicroAllocator figures:
             ``head`` (activations), ``tail`` (persistent: per-op state, tensor structs,
             quantisation data) and ``by_type`` (name -> bytes); else None.
@@ -61,6 +71,8 @@ class FirmwareRun:
     arena_size_bytes: int
     flash_bytes: int | None
     model_array_bytes: int
+    instructions: int | None
+    instructions_by_op: dict | None
     allocations: dict | None
     log: str
 
@@ -162,6 +174,31 @@ def _number(pattern, log):
     return int(match.group(1)) if match else None
 
 
+def _instructions(log):
+    """(instructions per inference, {op: {"instructions", "calls"}}) the app printed under
+    QEMU, or (None, None)."""
+    total = _number(r"Instructions per inference: (\d+)", log)
+    if total is None:
+        return None, None
+    by_op = {name: {"instructions": int(count), "calls": int(calls)} for name, count, calls in
+             re.findall(r"^Op instructions: (\S+) (\d+) (\d+)\r?$", log, flags=re.M)}
+    return total, dict(sorted(by_op.items(), key=lambda item: -item[1]["instructions"]))
+
+
+def milliseconds_at(instructions, clock_mhz):
+    """Milliseconds ``instructions`` take at ``clock_mhz``, at one instruction per cycle.
+
+    A lower bound for a real part: QEMU counts instructions, not cycles (a Cortex-M7
+    issues up to two instructions per cycle, but flash wait states and cache misses cost
+    cycles that QEMU does not model).
+
+    Example:
+        >>> milliseconds_at(216_000_000, 216)
+        1000.0
+    """
+    return float(instructions) / (float(clock_mhz) * 1e3)
+
+
 def _allocations(log):
     by_type = {name: int(used) for name, used in re.findall(
         r"\[RecordingMicroAllocator\] '(.*?)' used (\d+) bytes", log)}
@@ -176,7 +213,8 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
     Args:
         tflite_bytes: a full-int8 ``.tflite`` model.
         images: uint8-valued array [N, H, W, C] (0..255), the model's input size.
-        target: ``"host"`` or ``"cortex-m3"`` (QEMU, mps2-an385).
+        target: ``"host"``, ``"cortex-m3"`` (QEMU, mps2-an385) or ``"cortex-m7"`` (QEMU,
+            mps2-an500, CMSIS-NN kernels).
         labels: class names (default ``class_0 ...``).
         arena_bytes: the measured smallest arena for ``kTensorArenaSize`` (+10%); None
             measures it in the TFLM Python interpreter.
@@ -199,7 +237,7 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
     if missing:
         raise FirmwareError(f"The {target} build lacks: {'; '.join(missing)}"
                             + (" (make -C firmware_export cortex-m-tools installs the Debian "
-                               "packages)." if target == "cortex-m3" else "."))
+                               "packages)." if target != "host" else "."))
     pixels = np.asarray(images)
     if pixels.ndim != 4 or np.any(pixels < 0) or np.any(pixels > 255) or np.any(
             pixels != np.round(pixels)):
@@ -221,7 +259,7 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
                                 + log[-3000:])
         settings = open(os.path.join(generated, "model_settings.h")).read()
         num_classes = _number(r"kNumClasses = (\d+);", settings)
-        outputs, top, arena_used = [], [], 0
+        outputs, top, arena_used, counted = [], [], 0, (None, None)
         for i, image in enumerate(pixels.astype(np.uint8)):
             path = os.path.join(os.path.abspath(workdir), f"image_{i}.rgb")
             image.tofile(path)
@@ -234,12 +272,17 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
             outputs.append(output)
             top.append(image_top)
             arena_used = max(arena_used, _number(r"Arena used: (\d+) bytes", log))
+            instructions = _instructions(log)
+            if instructions[0] is not None and (counted[0] is None
+                                                or instructions[0] > counted[0]):
+                counted = instructions
         return FirmwareRun(
             target=target, outputs=np.stack(outputs), top=top, arena_used_bytes=arena_used,
             arena_size_bytes=_number(r"kTensorArenaSize = (\d+);", settings),
             flash_bytes=_number(r"Flash: (\d+) bytes", log),
             model_array_bytes=_number(r"_size = (\d+);",
                                       open(os.path.join(generated, "model_data.cc")).read()),
+            instructions=counted[0], instructions_by_op=counted[1],
             allocations=_allocations(log) if record_allocations else None, log=log)
     finally:
         if owned:
@@ -250,12 +293,13 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakd
     """The tensor arena and flash a model takes on ``target``'s build of TFLM.
 
     Builds the firmware app for ``target`` and classifies one grey image (the arena does not
-    depend on the pixels). On Cortex-M3 (QEMU, mps2-an385) the flash is that of the whole
-    image: the model array, TFLM's code and the app.
+    depend on the pixels; the instructions barely do, every shape being static). On
+    Cortex-M (QEMU) the flash is that of the whole image: the model array, TFLM's code and
+    the app; and the instructions of one inference are counted, in all and per op type.
 
     Args:
         tflite_bytes: a full-int8 ``.tflite`` model.
-        target: ``"cortex-m3"`` or ``"host"``.
+        target: ``"cortex-m3"``, ``"cortex-m7"`` (CMSIS-NN kernels) or ``"host"``.
         arena_bytes: an arena known to be large enough (e.g. :func:`smallest_arena`'s); None
             measures it in the Python interpreter first.
         breakdown: also run a recording build and report the arena's activations (head) and
@@ -263,7 +307,9 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakd
 
     Returns:
         dict: ``target``, ``arena_bytes`` (``arena_used_bytes()``), ``flash_bytes`` (None on
-        the host), ``model_bytes``, ``code_bytes`` (flash minus the model array).
+        the host), ``model_bytes``, ``code_bytes`` (flash minus the model array),
+        ``instructions`` and ``instructions_by_op`` (None on the host; see
+        :class:`FirmwareRun`).
 
     Example:
         >>> measure_on_device(open("model.tflite", "rb").read())["arena_bytes"]
@@ -277,7 +323,8 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakd
     result = {"target": target, "arena_bytes": run.arena_used_bytes,
               "flash_bytes": run.flash_bytes, "model_bytes": run.model_array_bytes,
               "code_bytes": None if run.flash_bytes is None
-              else run.flash_bytes - run.model_array_bytes}
+              else run.flash_bytes - run.model_array_bytes,
+              "instructions": run.instructions, "instructions_by_op": run.instructions_by_op}
     if breakdown:
         recorded = run_firmware(tflite_bytes, image, target=target,
                                 arena_bytes=int(arena_bytes or run.arena_used_bytes) + 4096,

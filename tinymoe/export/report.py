@@ -172,8 +172,14 @@ def report(tflite_bytes, arena=True, arena_limit=None):
     return result
 
 
-def format_report(result):
-    """A short text summary of :func:`report`, then the MACs of each op type.
+def format_report(result, clock_mhz=216.0):
+    """A short text summary of :func:`report`, then the MACs of each op type (and, measured
+    on a Cortex-M build, the instructions of each op type).
+
+    Args:
+        result: :func:`report`'s dict, with ``"device"`` when measured on a firmware build.
+        clock_mhz: the clock at which instructions are also shown as milliseconds, at one
+            instruction per cycle.
 
     Example:
         >>> print(format_report(report(tflite_bytes)))
@@ -192,12 +198,26 @@ def format_report(result):
             lines.append(f"  flash of the firmware image (.text + .rodata + .data): "
                          f"{device['flash_bytes']:,} = model {device['model_bytes']:,} + "
                          f"TFLite Micro and app {device['code_bytes']:,}")
+    by_op = (device or {}).get("instructions_by_op") or {}
+    if device and device.get("instructions") is not None:
+        from tinymoe.export.device import milliseconds_at
+
+        total = device["instructions"]
+        lines.append(f"  instructions per inference: {total:,} (counted under QEMU; "
+                     f"{milliseconds_at(total, clock_mhz):,.1f} ms at {clock_mhz:g} MHz if "
+                     f"one instruction took one cycle: QEMU models no cycles, caches or "
+                     f"flash wait states)")
     lines.append(f"MACs per inference: {result['macs']:,}")
     lines.append(f"ops ({len(result['ops'])}):")
     macs = collections.Counter()
     for row in result["ops"]:
         macs[row["op"]] += row["macs"]
     width = max(len(name) for name in result["op_counts"])
+    total = sum(op["instructions"] for op in by_op.values()) or 1
     for name, count in result["op_counts"].items():
-        lines.append(f"  {name:<{width}}  x{count:<4d} {macs[name]:>14,} MACs")
+        line = f"  {name:<{width}}  x{count:<4d} {macs[name]:>14,} MACs"
+        if name in by_op:
+            spent = by_op[name]["instructions"]
+            line += f" {spent:>14,} instructions ({100 * spent / total:4.1f}%)"
+        lines.append(line)
     return "\n".join(lines)
