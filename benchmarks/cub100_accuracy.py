@@ -45,7 +45,8 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
-            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
+            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "mcu_fast", "cnn_peer",
+            "cnn_peer_100")
 
 
 def cnn_peer(num_classes, size, alpha):
@@ -175,12 +176,14 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     for dense_name, registered, moe_name, moe_registered in (
             ("mcu_dense", "mobilevit_v2_mcu", "mcu_moe_cluster", "mobilevit_v2_mcu_moe"),
             ("mcu_wide", "mobilevit_v2_mcu_wide", "mcu_wide_moe_cluster",
-             "mobilevit_v2_mcu_wide_moe")):
+             "mobilevit_v2_mcu_wide_moe"),
+            ("mcu_fast", "mobilevit_v2_mcu_fast", None, None)):
         if not wanted & {dense_name, moe_name}:
             continue
         start = time.time()
         # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
-        config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
+        config = (recipe if moe_name in wanted or dense_name in ("mcu_dense", "mcu_fast")
+                  else compare)
         dense = train(registered, data, f"{out}/seed{seed}/{dense_name}", config, augment,
                       args.reuse)
         if dense_name in wanted:

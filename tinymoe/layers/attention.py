@@ -2,6 +2,7 @@
 
 from tinymoe.backend import keras, register, tf
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
+from tinymoe.layers.conv import ConvBNAct
 
 
 @register
@@ -14,23 +15,39 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
     and the output is ``out_proj(relu(values) * context)``. Every op (CONV_2D, SOFTMAX, MUL,
     BATCH_MATMUL, RELU) runs in TFLite Micro in int8.
 
+    Args:
+        batch_norm: bool, a batch norm after each projection (folded into it at export),
+            for transformers without a layer norm (``norm="batch"``).
+        bn_momentum: float, their momentum.
+
     Example:
         >>> SeparableSelfAttention()(tf.zeros([1, 4, 16, 32])).shape
         TensorShape([1, 4, 16, 32])
     """
 
+    def __init__(self, batch_norm=False, bn_momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
+
+    def _projection(self, channels, name):
+        if self.batch_norm:
+            return ConvBNAct(channels, 1, activation=None, bn_momentum=self.bn_momentum,
+                             name=name)
+        return keras.layers.Conv2D(channels, 1, name=name)
+
     def build(self, input_shape):
         dim = int(input_shape[-1])
-        self.qkv = keras.layers.Conv2D(1 + 2 * dim, 1, name="qkv")
+        self.qkv = self._projection(1 + 2 * dim, "qkv")
         build_sublayer(self.qkv, input_shape)
-        self.out_proj = keras.layers.Conv2D(dim, 1, name="out_proj")
+        self.out_proj = self._projection(dim, "out_proj")
         build_sublayer(self.out_proj, input_shape)
         super().build(input_shape)
 
     def call(self, x, training=None):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         q = lambda name, value: self.int8(name, value, training)  # noqa: E731
-        qkv = q("qkv", self.qkv(x))  # [B, P, N, d] -> [B, P, N, 1 + 2d]
+        qkv = self._project("qkv", self.qkv, x, training)  # [B, P, N, d] -> [B, P, N, 1 + 2d]
         if training:
             # The same values; the gradient of a split is one concatenation, that of three
             # slices three zero-padded copies of qkv summed. Inference keeps STRIDED_SLICE.
@@ -41,11 +58,24 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
                                             axis=-1))
         scores = tf.reshape(scores, [-1, positions, 1, patches])  # softmax over the N patches
         context = q("context", tf.matmul(scores, key))  # [B, P, 1, N] @ [B, P, N, d]
-        return q("out", self.out_proj(q("product", q("relu", tf.nn.relu(value)) * context)))
+        product = q("product", q("relu", tf.nn.relu(value)) * context)
+        return self._project("out", self.out_proj, product, training)
+
+    def _project(self, point, projection, x, training):
+        if self.batch_norm:  # ConvBNAct holds the int8 point of its output
+            return projection(x, training=training)
+        return self.int8(point, projection(x), training)
 
     def int8_point_names(self):
-        # CONV_2D, SOFTMAX, BATCH_MATMUL, RELU, MUL, CONV_2D (slices keep their input's).
+        # CONV_2D, SOFTMAX, BATCH_MATMUL, RELU, MUL, CONV_2D (slices keep their input's);
+        # with batch norms, the two CONV_2D outputs are the projections' (ConvBNAct) points.
+        if self.batch_norm:
+            return ("softmax", "context", "relu", "product")
         return ("qkv", "softmax", "context", "relu", "product", "out")
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "batch_norm": self.batch_norm,
+                "bn_momentum": self.bn_momentum}

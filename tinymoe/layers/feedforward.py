@@ -3,6 +3,7 @@
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
+from tinymoe.layers.conv import ConvBNAct
 from tinymoe.layers.int8 import activation_points, int8_activation
 
 
@@ -12,30 +13,46 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     Args:
         hidden_dim: int, width of the hidden layer.
-        activation: "swish" (MobileViTv2's choice), "hard_swish" or "relu".
+        activation: "swish" (MobileViTv2's choice), "hard_swish", "relu" or "relu6".
+        batch_norm: bool, a batch norm after each convolution (folded into it at export),
+            for transformers without a layer norm (``norm="batch"``).
+        bn_momentum: float, their momentum.
 
     Example:
         >>> FeedForward(64)(tf.zeros([1, 4, 16, 32])).shape
         TensorShape([1, 4, 16, 32])
     """
 
-    def __init__(self, hidden_dim, activation="swish", **kwargs):
+    def __init__(self, hidden_dim, activation="swish", batch_norm=False, bn_momentum=0.9,
+                 **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.activation = check_activation(activation)
+        self.batch_norm = bool(batch_norm)
+        self.bn_momentum = float(bn_momentum)
         if self.hidden_dim < 1:
             raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
-        self.up = keras.layers.Conv2D(self.hidden_dim, 1, name="up")
+        if self.batch_norm:
+            self.up = ConvBNAct(self.hidden_dim, 1, activation=self.activation,
+                                bn_momentum=self.bn_momentum, name="up")
+        else:
+            self.up = keras.layers.Conv2D(self.hidden_dim, 1, name="up")
         self.down = None
         self._act = get_activation(self.activation)
 
     def build(self, input_shape):
         build_sublayer(self.up, input_shape)
-        self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
+        if self.batch_norm:
+            self.down = ConvBNAct(int(input_shape[-1]), 1, activation=None,
+                                  bn_momentum=self.bn_momentum, name="down")
+        else:
+            self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
         build_sublayer(self.down, self.up.compute_output_shape(input_shape))
         super().build(input_shape)
 
     def call(self, x, training=None):
+        if self.batch_norm:  # the activation and int8 points are ConvBNAct's
+            return self.down(self.up(x, training=training), training=training)
         if self.simulate_int8:
             hidden = int8_activation(self, "up", self.activation, self.up(x), training)
             return self.int8("down", self.down(hidden), training)
@@ -43,6 +60,8 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         return self.down(hidden if self._act is None else self._act(hidden))
 
     def int8_point_names(self):
+        if self.batch_norm:  # the projections' (ConvBNAct) points
+            return ()
         return activation_points("up", self.activation) + ("down",)
 
     def compute_output_shape(self, input_shape):
@@ -50,4 +69,5 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim,
-                "activation": self.activation}
+                "activation": self.activation, "batch_norm": self.batch_norm,
+                "bn_momentum": self.bn_momentum}

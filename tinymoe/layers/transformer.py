@@ -22,6 +22,11 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
             (without ``hidden_dim``) for a mixture of experts.
         activation: feed-forward activation.
         dropout: float, dropout on the attention and feed-forward outputs.
+        norm: "layer" (pre-norm: a :class:`LayerNorm` before the attention and before the
+            feed-forward, MobileViTv2's) or "batch" (no pre-norm; a batch norm after each
+            1x1 convolution of the attention and the feed-forward, as LeViT does: at export
+            each folds into its convolution, so that normalisation costs no op at all).
+        bn_momentum: float, the batch norms' momentum (``norm="batch"``).
 
     Example:
         >>> layer = TransformerLayer(64, moe={"num_experts": 4, "top_k": 1})
@@ -29,17 +34,28 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
         TensorShape([1, 4, 16, 32])
     """
 
-    def __init__(self, ffn_dim, moe=None, activation="swish", dropout=0.0, **kwargs):
+    def __init__(self, ffn_dim, moe=None, activation="swish", dropout=0.0, norm="layer",
+                 bn_momentum=0.9, **kwargs):
         super().__init__(**kwargs)
         self.ffn_dim = int(ffn_dim)
         self.moe = None if moe is None else dict(moe)
         self.activation = activation
         self.dropout = float(dropout)
-        self.attn_norm = LayerNorm(name="attn_norm")
-        self.attn = SeparableSelfAttention(name="attn")
-        self.ffn_norm = LayerNorm(name="ffn_norm")
+        self.norm = norm
+        self.bn_momentum = float(bn_momentum)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+        batch_norm = norm == "batch"
+        if batch_norm and self.moe is not None:
+            raise ValueError("norm='batch' has no mixture-of-experts form yet: the experts "
+                             "have no batch norms to fold. Use norm='layer' for MoE layers.")
+        self.attn_norm = None if batch_norm else LayerNorm(name="attn_norm")
+        self.attn = SeparableSelfAttention(batch_norm=batch_norm,
+                                           bn_momentum=self.bn_momentum, name="attn")
+        self.ffn_norm = None if batch_norm else LayerNorm(name="ffn_norm")
         if self.moe is None:
-            self.ffn = FeedForward(self.ffn_dim, activation=activation, name="ffn")
+            self.ffn = FeedForward(self.ffn_dim, activation=activation, batch_norm=batch_norm,
+                                   bn_momentum=self.bn_momentum, name="ffn")
         else:
             self.ffn = MoEFeedForward(hidden_dim=self.ffn_dim,
                                       **{"activation": activation, **self.moe}, name="moe")
@@ -52,15 +68,16 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
 
     def build(self, input_shape):
         for layer in (self.attn_norm, self.attn, self.ffn_norm, self.ffn):
-            build_sublayer(layer, input_shape)
+            if layer is not None:
+                build_sublayer(layer, input_shape)
         super().build(input_shape)
 
     def call(self, x, training=None):
-        x = self.int8("attn_add", x + self.attn_drop(self.attn(self.attn_norm(x)),
-                                                     training=training), training)
-        return self.int8("ffn_add", x + self.ffn_drop(self.ffn(self.ffn_norm(x),
-                                                               training=training),
-                                                      training=training), training)
+        attended = self.attn(_normed(self.attn_norm, x), training=training)
+        x = self.int8("attn_add", x + self.attn_drop(attended, training=training), training)
+        return self.int8("ffn_add", x + self.ffn_drop(
+            self.ffn(_normed(self.ffn_norm, x), training=training), training=training),
+            training)
 
     def int8_point_names(self):
         return ("attn_add", "ffn_add")
@@ -73,8 +90,8 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
             the feed-forward (and the router) receives, ``[B, P, N, d]``; for a mixture of
             experts, ``info["routing"]`` is :meth:`MoEFeedForward.route` of it.
         """
-        x = x + self.attn(self.attn_norm(x))
-        ffn_input = self.ffn_norm(x)
+        x = x + self.attn(_normed(self.attn_norm, x), training=False)
+        ffn_input = _normed(self.ffn_norm, x)
         info = {"ffn_input": ffn_input}
         if self.is_moe:
             info["routing"] = self.ffn.route(ffn_input)
@@ -85,7 +102,8 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "ffn_dim": self.ffn_dim, "moe": self.moe,
-                "activation": self.activation, "dropout": self.dropout}
+                "activation": self.activation, "dropout": self.dropout, "norm": self.norm,
+                "bn_momentum": self.bn_momentum}
 
 
 @register
@@ -112,6 +130,9 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         dropout: float, dropout inside the transformer layers.
         pad_mode: how a map that patches cannot tile is padded, "edge" or "zeros" (see
             :class:`PatchUnfold`; a config saved without it loads as "zeros").
+        norm: the transformer's normalisation, "layer" or "batch" (see
+            :class:`TransformerLayer`). With "batch" the block has no final layer norm:
+            ``conv_proj`` has its batch norm.
 
     Example:
         >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
@@ -121,7 +142,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
                  activation="swish", bn_momentum=0.9, dropout=0.0, capacity_factors=None,
-                 pad_mode="edge", **kwargs):
+                 pad_mode="edge", norm="layer", **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)
@@ -146,10 +167,11 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         self.unfold = PatchUnfold(self.patch_size, pad_mode=pad_mode, name="unfold")
         self.transformer = [
             TransformerLayer(self.ffn_dim, moe=self._layer_moe(i),
-                             activation=activation, dropout=self.dropout,
-                             name=f"transformer_{i}")
+                             activation=activation, dropout=self.dropout, norm=norm,
+                             bn_momentum=self.bn_momentum, name=f"transformer_{i}")
             for i in range(self.num_layers)]
-        self.norm = LayerNorm(name="norm")
+        self.norm_type = norm
+        self.norm = LayerNorm(name="norm") if norm == "layer" else None
         self.fold = None
         self.conv_proj = None
 
@@ -172,7 +194,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         build_sublayer(self.unfold, shape)
         for layer in self.transformer:
             build_sublayer(layer, tokens)
-        build_sublayer(self.norm, tokens)
+        if self.norm is not None:
+            build_sublayer(self.norm, tokens)
         self.fold = PatchFold(height, width, self.patch_size, name="fold")
         build_sublayer(self.fold, tokens)
         self.conv_proj = ConvBNAct(channels, 1, activation=None, bn_momentum=self.bn_momentum,
@@ -185,8 +208,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         tokens = self.unfold(self.int8("local_pw", local, training))
         for layer in self.transformer:
             tokens = layer(tokens, training=training)
-        x = self.fold(self.norm(tokens))
-        return self.conv_proj(x, training=training)
+        return self.conv_proj(self.fold(_normed(self.norm, tokens)), training=training)
 
     def int8_point_names(self):
         return ("local_pw",)
@@ -203,7 +225,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         for layer in self.transformer:
             tokens, info = layer.trace(tokens)
             infos.append(info)
-        return self.conv_proj(self.fold(self.norm(tokens)), training=False), infos
+        return self.conv_proj(self.fold(_normed(self.norm, tokens)), training=False), infos
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -214,11 +236,19 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
                 "moe_layers": list(self.moe_layers), "moe": self.moe,
                 "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
-                "dropout": self.dropout, "pad_mode": self.pad_mode}
+                "dropout": self.dropout, "pad_mode": self.pad_mode, "norm": self.norm_type}
 
     @classmethod
     def from_config(cls, config):
         return cls(**with_saved_pad_mode(config))
+
+
+NORMS = ("layer", "batch")
+
+
+def _normed(norm, x):
+    """``norm(x)``, or ``x`` where the layer has no pre-norm (``norm="batch"``)."""
+    return x if norm is None else norm(x)
 
 
 def _layer_index(index, num_layers):

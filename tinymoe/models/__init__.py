@@ -99,6 +99,17 @@ register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
         StageConfig(144, stride=2, activation="relu6", attn_dim=88, attn_layers=2),
         StageConfig(176, stride=2, activation="relu6", attn_dim=104, attn_layers=2)),
     **_MCU_STEM))
+# The MCU model made cheap where the Cortex-M7 spends its time (benchmarks/mcu_speed.py):
+# ReLU6 in the attention blocks too (fused into the convolutions, where swish's LOGISTIC and
+# MUL took 23% of the instructions), batch norms after the transformer's 1x1 convolutions
+# (folded into them at export, where the layer norms' MEAN, SUB, MUL, RSQRT took 25%), and
+# no expansion in the stride-2 blocks of stages 4 and 5 (their expansion convolutions held
+# a fifth of the MACs).
+MCU_FAST_LAYOUT = MCU_LAYOUT[:3] + (
+    dataclasses.replace(MCU_LAYOUT[3], expand_ratio=1),
+    dataclasses.replace(MCU_LAYOUT[4], expand_ratio=1))
+register_model("mobilevit_v2_mcu_fast", MobileViTV2Config(
+    layout=MCU_FAST_LAYOUT, block_activation="relu6", norm="batch", **_MCU_STEM))
 register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
     layout=MCU_LAYOUT, moe=MoEConfig(layers=((4, -1),)), **_MCU_STEM))
 # The same experts on the wider dense model: an 815 KB stripped .tflite at 100 classes.

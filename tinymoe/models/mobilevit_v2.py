@@ -17,7 +17,9 @@ from typing import Optional, Tuple
 
 from tinymoe.backend import keras
 from tinymoe.layers import ConvBNAct, InvertedResidual, MobileViTV2Block, make_divisible
+from tinymoe.layers.activations import check_activation
 from tinymoe.layers.moe import ROUTING_MODES, validate_moe_args
+from tinymoe.layers.transformer import NORMS
 from tinymoe.layers.patches import check_pad_mode
 
 TOTAL_STRIDE = 32
@@ -157,6 +159,12 @@ class MobileViTV2Config:
         stem_activation: activation of the stem convolution.
         pad_mode: how the attention blocks pad a map that 2x2 patches cannot tile (e.g. 3x3
             at 96x96): "edge" or "zeros" (see :class:`tinymoe.layers.PatchUnfold`).
+        block_activation: activation of the attention blocks' local depthwise convolution
+            and feed-forwards: "swish" (MobileViTv2's; LOGISTIC + MUL in int8), "hard_swish",
+            or "relu6" / "relu" (fused into the convolution before it: no op at all).
+        norm: normalisation in the transformers: "layer" (MobileViTv2's pre-norm, per token;
+            MEAN, SUB, MUL, RSQRT... in int8) or "batch" (a batch norm after each 1x1
+            convolution, folded into it at export: no op at all; dense feed-forwards only).
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
@@ -172,9 +180,14 @@ class MobileViTV2Config:
     stem_channels: Optional[int] = None
     stem_activation: str = "swish"
     pad_mode: str = "edge"
+    block_activation: str = "swish"
+    norm: str = "layer"
 
     def __post_init__(self):
         check_pad_mode(self.pad_mode)
+        check_activation(self.block_activation)
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
         if self.layout is not None:
             if len(self.layout) != 5:
                 raise ValueError(f"layout must have 5 stages, got {len(self.layout)}.")
@@ -259,8 +272,9 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
                 ffn_dim = config.moe.expert_hidden_dim or ffn_dim
             x = MobileViTV2Block(attn_dim, ffn_dim, stage["attn_layers"],
                                  moe_layers=tuple(moe_layers.get(number, ())), moe=moe,
+                                 activation=config.block_activation,
                                  bn_momentum=config.bn_momentum, pad_mode=config.pad_mode,
-                                 name=f"stage{number}_mvit")(x)
+                                 norm=config.norm, name=f"stage{number}_mvit")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(int(num_classes), name="classifier")(x)

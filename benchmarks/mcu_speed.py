@@ -1,0 +1,149 @@
+"""Time on the microcontroller: instructions per inference on the Cortex-M7 build of TFLite
+Micro with CMSIS-NN kernels (what an STM32F746 runs), counted under QEMU (mps2-an500,
+``-icount shift=0``), per model and per op type, beside MACs, flash and arena. Run by hand;
+writes JSON and a Markdown table.
+
+Each variant is a registered model with optional config overrides at an input size, 100
+classes, untrained weights whose batch-norm statistics are set from a batch of images (an
+untrained network's statistics are those of its initialisation, which shrink activations
+to ranges no trained model has). Instructions depend on the shapes, not on the weights'
+values (every shape is static; CMSIS-NN's loops do not branch on data), so this measures
+an architecture; trained models are measured the same way by ``tinymoe report --target
+cortex-m7``. The CNN peer (Keras MobileNetV3-Small, minimalistic) is measured alike.
+
+Examples:
+    python benchmarks/mcu_speed.py --out benchmarks/results/mcu_speed_128px
+    python benchmarks/mcu_speed.py --variants mcu mcu_relu6 peer_070_160 \\
+        --out benchmarks/results/mcu_speed_ablation
+"""
+
+import argparse
+import collections
+import time
+
+import numpy as np
+from common import run_meta, write_results
+
+import tinymoe
+from tinymoe.export import op_names, report, to_tflite
+from tinymoe.export.device import measure_on_device, milliseconds_at
+from tinymoe.models import create_model, has_experts, with_dispatch
+
+CLOCK_MHZ = 216  # an STM32F746
+NUM_CLASSES = 100
+
+# label -> (registered model or "peer:ALPHA", config overrides, input size)
+VARIANTS = {
+    "mcu": ("mobilevit_v2_mcu", {}, 128),
+    "mcu_relu6": ("mobilevit_v2_mcu", {"block_activation": "relu6"}, 128),
+    "mcu_hswish": ("mobilevit_v2_mcu", {"block_activation": "hard_swish"}, 128),
+    "mcu_bn": ("mobilevit_v2_mcu", {"norm": "batch"}, 128),
+    "mcu_relu6_bn": ("mobilevit_v2_mcu", {"block_activation": "relu6", "norm": "batch"}, 128),
+    "mcu_moe": ("mobilevit_v2_mcu_moe", {}, 128),
+    "peer_070_128": ("peer:0.7", {}, 128),
+    "peer_070_160": ("peer:0.7", {}, 160),
+    "peer_070_176": ("peer:0.7", {}, 176),
+}
+
+
+def cnn_peer(alpha, size):
+    """Keras Applications MobileNetV3-Small (minimalistic), as benchmarks/cub100_accuracy.py
+    trains it."""
+    keras = tinymoe.keras
+    return keras.applications.MobileNetV3Small(
+        input_shape=(size, size, 3), alpha=alpha, minimalistic=True, weights=None,
+        classes=NUM_CLASSES, classifier_activation=None, include_preprocessing=True)
+
+
+def build(label, extra=None):
+    name, overrides, size = VARIANTS[label] if extra is None else extra
+    if name.startswith("peer:"):
+        return cnn_peer(float(name.split(":")[1]), size), size
+    return create_model(name, num_classes=NUM_CLASSES, input_shape=(size, size, 3),
+                        **overrides), size
+
+
+def settle_batch_norms(model, images):
+    """Sets every batch norm's moving statistics to those of ``images`` (momentum 0 for one
+    training-mode call), so that the int8 ranges are those of a network in use."""
+    keras = tinymoe.keras
+    norms = [layer for layer in model.submodules
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    model(images, training=True)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def measure(label, rng):
+    keras = tinymoe.keras
+    keras.utils.set_random_seed(0)
+    model, size = build(label)
+    images = np.round(rng.uniform(0, 255, (16, size, size, 3))).astype(np.float32)
+    settle_batch_norms(model, images)
+    if has_experts(model):
+        model = with_dispatch(model, "sparse", 1.25)
+    tflite_bytes = to_tflite(model, images)
+    facts = report(tflite_bytes, arena=False)
+    start = time.time()
+    device = measure_on_device(tflite_bytes, "cortex-m7")
+    by_op = device["instructions_by_op"]
+    ops = collections.Counter(op_names(tflite_bytes))
+    return {
+        "variant": label, "model": VARIANTS[label][0], "overrides": VARIANTS[label][1],
+        "input_size": size, "params": int(model.count_params()), "macs": facts["macs"],
+        "tflite_bytes": len(tflite_bytes), "model_array_bytes": device["model_bytes"],
+        "m7_arena_bytes": device["arena_bytes"], "m7_flash_bytes": device["flash_bytes"],
+        "instructions": device["instructions"],
+        "ms_at_216mhz": round(milliseconds_at(device["instructions"], CLOCK_MHZ), 1),
+        "instructions_by_op": by_op, "op_counts": dict(ops),
+        "device_seconds": round(time.time() - start, 1)}
+
+
+def markdown(rows, meta):
+    lines = ["# Instructions per inference on the Cortex-M7 build (CMSIS-NN)", "",
+             f"Command: `{meta['command']}`  ",
+             f"Machine: {meta['machine']}; wall time {meta['wall_s']} s  ",
+             "Counted under QEMU mps2-an500 with -icount shift=0 (exact to 40 instructions); "
+             f"ms at {CLOCK_MHZ} MHz assume one instruction per cycle (QEMU models no cycles, "
+             "caches or wait states). 100 classes; untrained weights, batch-norm statistics "
+             "from 16 random images.", "",
+             "| variant | input | params | MACs | instructions | ms at 216 MHz | M7 arena | "
+             "M7 flash | model array |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['input_size']} | {row['params']:,} | {row['macs']:,} | "
+            f"{row['instructions'] / 1e6:.1f} M | {row['ms_at_216mhz']} | "
+            f"{row['m7_arena_bytes']:,} | {row['m7_flash_bytes']:,} | "
+            f"{row['model_array_bytes']:,} |")
+    lines += ["", "Where the instructions go (share of the op types' total):", "",
+              "| variant | top op types |", "|---|---|"]
+    for row in rows:
+        total = sum(op["instructions"] for op in row["instructions_by_op"].values())
+        top = ", ".join(f"{name} {100 * op['instructions'] / total:.1f}% (x{op['calls']})"
+                        for name, op in list(row["instructions_by_op"].items())[:7])
+        lines.append(f"| {row['variant']} | {top} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        default=list(VARIANTS))
+    parser.add_argument("--out", required=True, help="results path without extension")
+    args = parser.parse_args()
+    start = time.time()
+    rng = np.random.default_rng(0)
+    rows = []
+    for label in args.variants:
+        rows.append(measure(label, rng))
+        print(f"{label}: {rows[-1]['instructions'] / 1e6:.1f} M instructions", flush=True)
+        meta = run_meta(start)
+        write_results(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
