@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tinymoe demo --out runs/demo
 
-# The firmware tests build the app for Cortex-M3 and run it under QEMU: Debian's cross
+# The firmware tests build the app for Cortex-M3 and M7 and run it under QEMU: Debian's cross
 # toolchain and emulator, installed here when missing in a root shell with apt-get (CI).
 # Elsewhere those tests skip and say why. The TFLM library they need is built on first use
 # (firmware_export/Makefile: 10-20 minutes per target on 2 cores, cached in ~/.cache/tinymoe).
@@ -27,16 +27,17 @@ firmware-tools:
 	@if ! command -v arm-none-eabi-g++ >/dev/null || ! command -v qemu-system-arm >/dev/null; \
 	then if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
 	then $(MAKE) -C firmware_export cortex-m-tools; \
-	else echo "No arm-none-eabi-g++/qemu-system-arm: the Cortex-M3 firmware tests will skip" \
+	else echo "No arm-none-eabi-g++/qemu-system-arm: the Cortex-M firmware tests will skip" \
 	"(sudo make -C firmware_export cortex-m-tools installs them)." >&2; fi; fi
 
-# TFLM's library for the host and for Cortex-M3, built before the tests so that its progress
-# shows (about 5 minutes each on 2 idle cores the first time; cached after).
+# TFLM's library for the host, Cortex-M3 and Cortex-M7 (CMSIS-NN), built before the tests so
+# that its progress shows (5-12 minutes each on 2 idle cores the first time; cached after).
 firmware-libs: $(STAMP) firmware-tools
 	@if $(MAKE) -s -C firmware_export print-tflm >/dev/null 2>&1; then \
 	$(MAKE) -C firmware_export tflm && \
 	if command -v arm-none-eabi-g++ >/dev/null; then \
-	$(MAKE) -C firmware_export TARGET=cortex-m3-qemu tflm; fi; \
+	$(MAKE) -C firmware_export TARGET=cortex-m3-qemu tflm && \
+	$(MAKE) -C firmware_export TARGET=cortex-m7-qemu tflm; fi; \
 	else echo "No TFLM sources (../shared/third_party): the firmware build tests will skip." >&2; fi
 
 test: $(STAMP) firmware-libs

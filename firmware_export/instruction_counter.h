@@ -4,8 +4,10 @@
 // (firmware_export/Makefile runs it so) each guest instruction advances virtual time by
 // exactly one nanosecond. The boards' CMSDK APB timer 0 counts down at 25 MHz of that time:
 // one tick every 40 instructions. Reading it around Invoke() and around each op (a
-// MicroProfilerInterface) counts instructions to within 40 per reading. On other builds
-// (host) kCountsInstructions is false and nothing is read.
+// MicroProfilerInterface) counts instructions to within 40 per reading. Only where the
+// Makefile builds for those boards (TINYMOE_QEMU_MPS2) is anything read: on a real part
+// 0x40000000 is some other peripheral (an STM32F7's TIM2), so kCountsInstructions is false
+// there and on the host.
 #ifndef TINYMOE_FIRMWARE_INSTRUCTION_COUNTER_H_
 #define TINYMOE_FIRMWARE_INSTRUCTION_COUNTER_H_
 
@@ -17,7 +19,7 @@
 
 namespace tinymoe {
 
-#if defined(__arm__)
+#if defined(TINYMOE_QEMU_MPS2)
 constexpr bool kCountsInstructions = true;
 #else
 constexpr bool kCountsInstructions = false;
@@ -28,7 +30,7 @@ constexpr uint32_t kInstructionsPerTick = 40;
 
 // The timer's ticks since StartInstructionCounter() (0 where there is no timer).
 inline uint32_t InstructionTicks() {
-#if defined(__arm__)
+#if defined(TINYMOE_QEMU_MPS2)
   volatile uint32_t* timer = reinterpret_cast<volatile uint32_t*>(0x40000000);
   return 0xFFFFFFFFu - timer[1];  // VALUE counts down from RELOAD
 #else
@@ -39,7 +41,7 @@ inline uint32_t InstructionTicks() {
 // Starts the CMSDK timer free-running from 0xFFFFFFFF (171 s of virtual time: 171 G
 // instructions before it wraps).
 inline void StartInstructionCounter() {
-#if defined(__arm__)
+#if defined(TINYMOE_QEMU_MPS2)
   volatile uint32_t* timer = reinterpret_cast<volatile uint32_t*>(0x40000000);
   timer[0] = 0;           // CTRL: stop
   timer[2] = 0xFFFFFFFFu;  // RELOAD

@@ -1,6 +1,7 @@
 """The firmware app of firmware_export/, built against TensorFlow Lite Micro's C++ sources
-(the pinned tarball in shared/third_party) and run: natively on the host, and as a Cortex-M3
-image under QEMU. Its int8 output must equal the Python TFLM interpreter's byte for byte.
+(the pinned tarball in shared/third_party) and run: natively on the host, as a Cortex-M3
+image and as a Cortex-M7 image with CMSIS-NN kernels under QEMU. Its int8 output must equal
+the Python TFLM interpreter's byte for byte.
 
 The first run on a machine builds TFLM's library for each target (10-20 minutes each on
 2 cores); later runs find it in ~/.cache/tinymoe.
@@ -91,6 +92,8 @@ def test_cortex_m3_app_under_qemu_reproduces_python_tflm_byte_for_byte(flagship,
     _assert_same_as_python_tflm(run, tflite_bytes, images)
     # 32-bit pointers and structs: the device arena is never larger than the 64-bit host's.
     assert run.arena_used_bytes <= host_run[0].arena_used_bytes
+    assert run.instructions > 0 and set(run.instructions_by_op) == set(op_names(tflite_bytes))
+    assert host_run[0].instructions is None  # a host build has no instruction counter
     # The image's flash holds the model array, the TFLM code and the app: more than the array.
     assert run.model_array_bytes == len(strip_for_device(tflite_bytes)[0]) < run.flash_bytes
     elf = tmp_path / "build" / "classify.elf"
@@ -99,6 +102,32 @@ def test_cortex_m3_app_under_qemu_reproduces_python_tflm_byte_for_byte(flagship,
     section = {m[0]: int(m[1]) for m in re.findall(r"^(\.\w+)\s+(\d+)", sizes, flags=re.M)}
     assert section[".text"] + section[".rodata"] <= run.flash_bytes <= sum(
         section[name] for name in section if name not in (".bss",))
+
+
+def test_cortex_m7_cmsis_nn_app_reproduces_python_tflm_and_counts_instructions(
+        flagship, tmp_path, record_property):
+    """The Cortex-M7 image with CMSIS-NN kernels (what an STM32F746 runs), under QEMU
+    mps2-an500: byte-equal int8 output, and the instructions of each inference and op type."""
+    _require("cortex-m7")
+    tflite_bytes, images = flagship
+    run = run_firmware(tflite_bytes, images, target="cortex-m7", workdir=str(tmp_path))
+    _assert_same_as_python_tflm(run, tflite_bytes, images)
+    assert run.model_array_bytes == len(strip_for_device(tflite_bytes)[0]) < run.flash_bytes
+    # CMSIS-NN's kernels are the ones linked, not TFLM's reference kernels.
+    linked = (tmp_path / "build" / "classify.map").read_text()
+    assert "arm_convolve_s8" in linked and "arm_depthwise_conv" in linked
+    ops = op_names(tflite_bytes)
+    by_op = run.instructions_by_op
+    assert set(by_op) == set(ops)
+    assert all(by_op[op]["calls"] == ops.count(op) for op in by_op)  # one event per op
+    # Each reading of the timer is exact to one tick (40 instructions); the interpreter's own
+    # work between ops is counted in the total only.
+    counted = sum(op["instructions"] for op in by_op.values())
+    assert 0.9 * run.instructions <= counted <= run.instructions + 40 * len(ops)
+    record_property("cortex_m7_instructions_per_inference", run.instructions)
+    split = ", ".join(f"{op} {v['instructions']:,}" for op, v in by_op.items())
+    print(f"Cortex-M7 (CMSIS-NN), 32x32 MoE flagship: {run.instructions:,} instructions per "
+          f"inference; {split}")
 
 
 def test_app_refuses_an_image_of_the_wrong_size(host_run):
@@ -199,6 +228,24 @@ def test_report_and_export_measure_on_the_cortex_m3_build(tmp_path, capsys):
     settings = (firmware / "model_settings.h").read_text()
     assert f"// {device['arena_bytes']} bytes, plus a margin of 10%" in settings
     assert "the cortex-m3 build of TFLite Micro" in settings
+
+
+def test_report_counts_instructions_on_the_cortex_m7_build(tmp_path, capsys):
+    _require("cortex-m7")
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    path = tmp_path / "model.tflite"
+    tflite_bytes = to_tflite(_negative_head_model(), images)
+    path.write_bytes(tflite_bytes)
+    assert main(["report", str(path), "--target", "cortex-m7", "--json"]) == 0
+    device = json.loads(capsys.readouterr().out)["device"]
+    assert device["target"] == "cortex-m7" and device["instructions"] > 0
+    assert set(device["instructions_by_op"]) == set(op_names(tflite_bytes))
+    assert main(["report", str(path), "--target", "cortex-m7", "--clock-mhz", "100"]) == 0
+    text = capsys.readouterr().out
+    milliseconds = device["instructions"] / 100e3
+    assert f"instructions per inference: {device['instructions']:,}" in text
+    assert f"{milliseconds:,.1f} ms at 100 MHz if one instruction took one cycle" in text
+    assert re.search(r"CONV_2D .* MACs +[\d,]+ instructions \( *\d+\.\d%\)", text)
 
 
 def _budget_export(name, tmp_path):

@@ -148,3 +148,31 @@ def test_mcu_models_keep_every_activation_tensor_off_the_high_resolution_maps():
     separate = [row for row in ops if row["op"] in ("LOGISTIC", "HARD_SWISH", "RELU6")
                 and np.prod(row["output_shape"][:-1]) > 16 * 16]
     assert not separate, separate
+
+
+def test_the_fast_mcu_model_spends_no_int8_op_on_normalisation_or_activation():
+    """mobilevit_v2_mcu_fast at 128x128: its batch norms fold into the convolutions and its
+    ReLU6 fuses into them, so the int8 graph holds no LOGISTIC, HARD_SWISH, RSQRT or SUB, one
+    MEAN (the global pool), one MUL per transformer layer (the attention's values times its
+    context) and two ADD (the residuals). The layer-norm MCU model has all of those."""
+    from tinymoe.export import op_names, to_tflite
+    images = np.random.default_rng(0).uniform(0, 255, (8, 128, 128, 3)).astype(np.float32)
+    counts = {}
+    for name in ("mobilevit_v2_mcu_fast", "mobilevit_v2_mcu"):
+        keras.utils.set_random_seed(0)
+        model = create_model(name, num_classes=3, input_shape=(128, 128, 3))
+        # Batch-norm statistics of these images (momentum 0 for one training-mode call): an
+        # untrained network's shrink the tokens to ranges no trained model has.
+        norms = [layer for layer in model.submodules
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        for norm in norms:
+            norm.momentum = 0.0
+        model(images, training=True)
+        ops = op_names(to_tflite(model, images))
+        counts[name] = {op: ops.count(op) for op in set(ops)}
+    fast, layer_norm = counts["mobilevit_v2_mcu_fast"], counts["mobilevit_v2_mcu"]
+    layers = fast["SOFTMAX"]  # one per transformer layer
+    assert layers == 6
+    assert not {"LOGISTIC", "HARD_SWISH", "RSQRT", "SUB"} & set(fast)
+    assert (fast["MEAN"], fast["MUL"], fast["ADD"]) == (1, layers, 2 * layers)
+    assert {"LOGISTIC", "RSQRT", "SUB"} <= set(layer_norm) and layer_norm["MEAN"] > 1
