@@ -40,13 +40,21 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
-from tinymoe.models import MoEConfig, get_config
+from tinymoe.models import MCU_FAST_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
             "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "mcu_fast", "cnn_peer",
             "cnn_peer_100")
+# One change at a time to mobilevit_v2_mcu (its config overrides), for the speed ablation
+# (benchmarks/mcu_speed.py counts their instructions).
+MCU_ABLATIONS = {
+    "mcu_relu6": {"block_activation": "relu6"},
+    "mcu_bn": {"norm": "batch"},
+    "mcu_expand1": {"layout": MCU_FAST_LAYOUT},
+}
+VARIANTS += tuple(MCU_ABLATIONS)
 
 
 def cnn_peer(num_classes, size, alpha):
@@ -196,6 +204,14 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
             summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
                             args.reuse)
             record(moe_name, summary, start, moe_epochs)
+    for name, overrides in MCU_ABLATIONS.items():
+        if name in wanted:
+            start = time.time()
+            model = create_model("mobilevit_v2_mcu", num_classes=data.num_classes,
+                                 input_shape=(args.size, args.size, 3), **overrides)
+            summary = train(model, data, f"{out}/seed{seed}/{name}", recipe, augment,
+                            args.reuse)
+            record(name, summary, start, args.epochs)
     # The peer at the microcontroller budget (--peer-alpha), and at its default width 1.0.
     for name, alpha in (("cnn_peer", args.peer_alpha), ("cnn_peer_100", 1.0)):
         if name in wanted:
