@@ -53,6 +53,9 @@ MCU_ABLATIONS = {
     "mcu_relu6": {"block_activation": "relu6"},
     "mcu_bn": {"norm": "batch"},
     "mcu_expand1": {"layout": MCU_FAST_LAYOUT},
+    "mcu_relu6_bnpre": {"block_activation": "relu6", "norm": "batch_pre"},
+    "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch_pre",
+                       "layout": MCU_FAST_LAYOUT},
 }
 VARIANTS += tuple(MCU_ABLATIONS)
 

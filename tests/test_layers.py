@@ -33,6 +33,11 @@ LAYER_CASES = [
      None),
     (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch",
                         "activation": "relu6"}, (4, 4, 12), None),
+    (SeparableSelfAttention, {"pre_norm": True}, (4, 6, 8), None),
+    (FeedForward, {"hidden_dim": 16, "activation": "relu6", "pre_norm": True}, (4, 6, 8),
+     None),
+    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch_pre",
+                        "activation": "relu6"}, (4, 4, 12), None),
 ]
 
 

@@ -3,6 +3,7 @@
 from tinymoe.backend import keras, register, tf
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
 from tinymoe.layers.conv import ConvBNAct
+from tinymoe.layers.norm import folded_batch_norm_pointwise
 
 
 @register
@@ -18,6 +19,9 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
     Args:
         batch_norm: bool, a batch norm after each projection (folded into it at export),
             for transformers without a layer norm (``norm="batch"``).
+        pre_norm: bool, a batch norm on the input, folded into the qkv projection at
+            inference (:func:`tinymoe.layers.norm.folded_batch_norm_pointwise`), for
+            transformers whose pre-norm is a batch norm (``norm="batch_pre"``).
         bn_momentum: float, their momentum.
 
     Example:
@@ -25,10 +29,16 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
         TensorShape([1, 4, 16, 32])
     """
 
-    def __init__(self, batch_norm=False, bn_momentum=0.9, **kwargs):
+    def __init__(self, batch_norm=False, pre_norm=False, bn_momentum=0.9, **kwargs):
         super().__init__(**kwargs)
         self.batch_norm = bool(batch_norm)
+        self.pre_norm = bool(pre_norm)
         self.bn_momentum = float(bn_momentum)
+        if self.batch_norm and self.pre_norm:
+            raise ValueError("batch_norm (after the projections) and pre_norm (before them) "
+                             "are two forms of one choice: give one.")
+        self.norm = (keras.layers.BatchNormalization(momentum=self.bn_momentum, name="norm")
+                     if self.pre_norm else None)
 
     def _projection(self, channels, name):
         if self.batch_norm:
@@ -38,6 +48,8 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
+        if self.norm is not None:
+            build_sublayer(self.norm, input_shape)
         self.qkv = self._projection(1 + 2 * dim, "qkv")
         build_sublayer(self.qkv, input_shape)
         self.out_proj = self._projection(dim, "out_proj")
@@ -47,7 +59,12 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
     def call(self, x, training=None):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         q = lambda name, value: self.int8(name, value, training)  # noqa: E731
-        qkv = self._project("qkv", self.qkv, x, training)  # [B, P, N, d] -> [B, P, N, 1 + 2d]
+        if self.pre_norm:
+            qkv = self.int8("qkv", folded_batch_norm_pointwise(self.norm, self.qkv, x, training),
+                            training)
+        else:
+            qkv = self._project("qkv", self.qkv, x, training)
+        # qkv: [B, P, N, d] -> [B, P, N, 1 + 2d]
         if training:
             # The same values; the gradient of a split is one concatenation, that of three
             # slices three zero-padded copies of qkv summed. Inference keeps STRIDED_SLICE.
@@ -78,4 +95,4 @@ class SeparableSelfAttention(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "batch_norm": self.batch_norm,
-                "bn_momentum": self.bn_momentum}
+                "pre_norm": self.pre_norm, "bn_momentum": self.bn_momentum}

@@ -60,3 +60,31 @@ class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def folded_batch_norm_pointwise(norm, conv, x, training=None):
+    """``conv(norm(x))`` for a ``BatchNormalization`` and a 1x1 ``Conv2D`` with a bias, written
+    so that the int8 graph holds one CONV_2D.
+
+    TFLite's converter folds a batch norm into the convolution *before* it, not into the one
+    after it (a MUL per channel was left in front of the convolution, and with it a range of
+    its own). At inference the norm is a per-channel affine map, so it is folded here, in the
+    graph: the kernel is scaled per input channel and the shift goes into the bias; the
+    converter then sees constants. Training normalises with the batch statistics as usual.
+
+    Args:
+        norm: a built ``keras.layers.BatchNormalization`` over the input channels.
+        conv: a built 1x1 ``keras.layers.Conv2D`` with ``use_bias=True``.
+        x: input ``[..., H, W, C_in]`` (4-D).
+        training: training mode.
+
+    Example:
+        >>> y = folded_batch_norm_pointwise(norm, conv, tokens, training=False)
+    """
+    if training:
+        return conv(norm(x, training=True))
+    scale = norm.gamma * tf.math.rsqrt(norm.moving_variance + norm.epsilon)  # [C_in]
+    shift = norm.beta - norm.moving_mean * scale
+    kernel = conv.kernel * scale[:, None]  # [1, 1, C_in, C_out] scaled per input channel
+    bias = conv.bias + tf.linalg.matvec(conv.kernel[0, 0], shift, transpose_a=True)
+    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias)

@@ -163,8 +163,9 @@ class MobileViTV2Config:
             and feed-forwards: "swish" (MobileViTv2's; LOGISTIC + MUL in int8), "hard_swish",
             or "relu6" / "relu" (fused into the convolution before it: no op at all).
         norm: normalisation in the transformers: "layer" (MobileViTv2's pre-norm, per token;
-            MEAN, SUB, MUL, RSQRT... in int8) or "batch" (a batch norm after each 1x1
-            convolution, folded into it at export: no op at all; dense feed-forwards only).
+            MEAN, SUB, MUL, RSQRT... in int8), "batch_pre" (the pre-norms as batch norms) or
+            "batch" (a batch norm after each 1x1 convolution). The batch forms fold into the
+            convolutions at export (no op at all); dense feed-forwards only.
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
