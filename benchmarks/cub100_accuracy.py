@@ -40,7 +40,7 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
-from tinymoe.models import MCU_FAST_LAYOUT, MoEConfig, create_model, get_config
+from tinymoe.models import MCU_FAST_LAYOUT, MCU_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
@@ -56,6 +56,9 @@ MCU_ABLATIONS = {
     "mcu_relu6_bnpre": {"block_activation": "relu6", "norm": "batch_pre"},
     "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch_pre",
                        "layout": MCU_FAST_LAYOUT},
+    "mcu_bnpre_s3x1_96": {"block_activation": "relu6", "norm": "batch_pre",
+                          "layout": MCU_LAYOUT[:2] + (dataclasses.replace(
+                              MCU_LAYOUT[2], channels=96, attn_layers=1),) + MCU_LAYOUT[3:]},
 }
 VARIANTS += tuple(MCU_ABLATIONS)
 

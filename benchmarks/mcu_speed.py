@@ -19,6 +19,7 @@ Examples:
 
 import argparse
 import collections
+import dataclasses
 import time
 
 import numpy as np
@@ -27,11 +28,14 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
 from tinymoe.export.device import measure_on_device, milliseconds_at
-from tinymoe.models import create_model, has_experts, with_dispatch
+from tinymoe.models import MCU_LAYOUT, create_model, has_experts, with_dispatch
 
 CLOCK_MHZ = 216  # an STM32F746
 NUM_CLASSES = 100
 
+S3X1 = MCU_LAYOUT[:2] + (dataclasses.replace(MCU_LAYOUT[2], attn_layers=1),) + MCU_LAYOUT[3:]
+S3X1_96 = MCU_LAYOUT[:2] + (dataclasses.replace(MCU_LAYOUT[2], channels=96, attn_layers=1),) \
+    + MCU_LAYOUT[3:]
 # label -> (registered model or "peer:ALPHA", config overrides, input size)
 VARIANTS = {
     "mcu": ("mobilevit_v2_mcu", {}, 128),
@@ -39,7 +43,13 @@ VARIANTS = {
     "mcu_hswish": ("mobilevit_v2_mcu", {"block_activation": "hard_swish"}, 128),
     "mcu_bn": ("mobilevit_v2_mcu", {"norm": "batch"}, 128),
     "mcu_relu6_bn": ("mobilevit_v2_mcu", {"block_activation": "relu6", "norm": "batch"}, 128),
+    "mcu_relu6_bnpre": ("mobilevit_v2_mcu", {"block_activation": "relu6",
+                                             "norm": "batch_pre"}, 128),
     "mcu_fast": ("mobilevit_v2_mcu_fast", {}, 128),
+    "mcu_bnpre_s3x1": ("mobilevit_v2_mcu", {"block_activation": "relu6", "norm": "batch_pre",
+                                            "layout": S3X1}, 128),
+    "mcu_bnpre_s3x1_96": ("mobilevit_v2_mcu", {"block_activation": "relu6",
+                                               "norm": "batch_pre", "layout": S3X1_96}, 128),
     "mcu_moe": ("mobilevit_v2_mcu_moe", {}, 128),
     "dense_050": ("mobilevit_v2_050", {}, 128),
     "moe_050": ("mobilevit_v2_moe_050", {}, 128),
@@ -96,7 +106,8 @@ def measure(label, rng):
     by_op = device["instructions_by_op"]
     ops = collections.Counter(op_names(tflite_bytes))
     return {
-        "variant": label, "model": VARIANTS[label][0], "overrides": VARIANTS[label][1],
+        "variant": label, "model": VARIANTS[label][0],
+        "overrides": {key: str(value) for key, value in VARIANTS[label][1].items()},
         "input_size": size, "params": int(model.count_params()), "macs": facts["macs"],
         "tflite_bytes": len(tflite_bytes), "model_array_bytes": device["model_bytes"],
         "m7_arena_bytes": device["arena_bytes"], "m7_flash_bytes": device["flash_bytes"],
