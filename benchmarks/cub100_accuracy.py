@@ -40,25 +40,27 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
-from tinymoe.models import MCU_FAST_LAYOUT, MCU_LAYOUT, MoEConfig, create_model, get_config
+from tinymoe.models import MCU_LAYOUT, MCU_SPEED_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
-            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "mcu_fast", "cnn_peer",
-            "cnn_peer_100")
-# One change at a time to mobilevit_v2_mcu (its config overrides), for the speed ablation
-# (benchmarks/mcu_speed.py counts their instructions).
+            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
+# The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
+# to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
+# combined. "bnpre": the transformer's pre-norms as batch norms (norm="batch"; the labels are
+# those the runs in benchmarks/results were made with); "mixed": a fast layer norm before the
+# attention, a folded batch norm before the feed-forward.
+EXPAND1 = MCU_LAYOUT[:3] + tuple(dataclasses.replace(stage, expand_ratio=1)
+                                 for stage in MCU_LAYOUT[3:])
 MCU_ABLATIONS = {
     "mcu_relu6": {"block_activation": "relu6"},
-    "mcu_bn": {"norm": "batch"},
-    "mcu_expand1": {"layout": MCU_FAST_LAYOUT},
-    "mcu_relu6_bnpre": {"block_activation": "relu6", "norm": "batch_pre"},
-    "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch_pre",
-                       "layout": MCU_FAST_LAYOUT},
-    "mcu_bnpre_s3x1_96": {"block_activation": "relu6", "norm": "batch_pre",
-                          "layout": MCU_LAYOUT[:2] + (dataclasses.replace(
-                              MCU_LAYOUT[2], channels=96, attn_layers=1),) + MCU_LAYOUT[3:]},
+    "mcu_relu6_bnpre": {"block_activation": "relu6", "norm": "batch"},
+    "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch", "layout": EXPAND1},
+    "mcu_bnpre_s3x1_96": {"block_activation": "relu6", "norm": "batch",
+                          "layout": MCU_SPEED_LAYOUT},
+    "mcu_mixed_s3x1_96": {"block_activation": "relu6", "norm": "mixed",
+                          "layout": MCU_SPEED_LAYOUT},
 }
 VARIANTS += tuple(MCU_ABLATIONS)
 
@@ -188,16 +190,15 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
     # (dense variant, its registry name, MoE variant upcycled from it, the MoE's registry name)
     for dense_name, registered, moe_name, moe_registered in (
-            ("mcu_dense", "mobilevit_v2_mcu", "mcu_moe_cluster", "mobilevit_v2_mcu_moe"),
+            ("mcu_dense", "mobilevit_v2_mcu_layernorm", "mcu_moe_cluster",
+             "mobilevit_v2_mcu_moe"),
             ("mcu_wide", "mobilevit_v2_mcu_wide", "mcu_wide_moe_cluster",
-             "mobilevit_v2_mcu_wide_moe"),
-            ("mcu_fast", "mobilevit_v2_mcu_fast", None, None)):
+             "mobilevit_v2_mcu_wide_moe")):
         if not wanted & {dense_name, moe_name}:
             continue
         start = time.time()
         # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
-        config = (recipe if moe_name in wanted or dense_name in ("mcu_dense", "mcu_fast")
-                  else compare)
+        config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
         dense = train(registered, data, f"{out}/seed{seed}/{dense_name}", config, augment,
                       args.reuse)
         if dense_name in wanted:
@@ -213,7 +214,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     for name, overrides in MCU_ABLATIONS.items():
         if name in wanted:
             start = time.time()
-            model = create_model("mobilevit_v2_mcu", num_classes=data.num_classes,
+            model = create_model("mobilevit_v2_mcu_layernorm", num_classes=data.num_classes,
                                  input_shape=(args.size, args.size, 3), **overrides)
             summary = train(model, data, f"{out}/seed{seed}/{name}", recipe, augment,
                             args.reuse)

@@ -54,7 +54,8 @@ CANDIDATES = {
         _layout(s3_activation="relu6", late_activation="relu6"), "relu6", STAGE4_MOE),
     "relu6 everywhere but attention, one stage-2 block (mobilevit_v2_mcu_moe)": get_config(
         "mobilevit_v2_mcu_moe"),
-    "the same without experts (mobilevit_v2_mcu)": get_config("mobilevit_v2_mcu"),
+    "the same without experts (mobilevit_v2_mcu_layernorm)": get_config(
+        "mobilevit_v2_mcu_layernorm"),
     "mobilevit_v2_mcu_moe with one stage-3 attention layer": _mcu(
         _layout(s3=(128, 64, 1), **ONE_STAGE2_BLOCK), "relu6", STAGE4_MOE),
     "mobilevit_v2_mcu_moe with two 48-channel stage-2 blocks": _mcu(

@@ -13,8 +13,8 @@ cortex-m7``. The CNN peer (Keras MobileNetV3-Small, minimalistic) is measured al
 
 Examples:
     python benchmarks/mcu_speed.py --out benchmarks/results/mcu_speed_128px
-    python benchmarks/mcu_speed.py --variants mcu mcu_relu6 peer_070_160 \\
-        --out benchmarks/results/mcu_speed_ablation
+    python benchmarks/mcu_speed.py --variants mcu mcu_layernorm peer_070_160 \\
+        --out /tmp/mcu_speed
 """
 
 import argparse
@@ -28,35 +28,40 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
 from tinymoe.export.device import measure_on_device, milliseconds_at
-from tinymoe.models import MCU_LAYOUT, create_model, has_experts, with_dispatch
+from tinymoe.models import (MCU_LAYOUT, MCU_SPEED_LAYOUT, create_model, has_experts,
+                            with_dispatch)
 
 CLOCK_MHZ = 216  # an STM32F746
 NUM_CLASSES = 100
 
-S3X1 = MCU_LAYOUT[:2] + (dataclasses.replace(MCU_LAYOUT[2], attn_layers=1),) + MCU_LAYOUT[3:]
-S3X1_96 = MCU_LAYOUT[:2] + (dataclasses.replace(MCU_LAYOUT[2], channels=96, attn_layers=1),) \
-    + MCU_LAYOUT[3:]
+# The MCU model's layout before the speed work, without expansion in stages 4 and 5.
+EXPAND1 = MCU_LAYOUT[:3] + tuple(dataclasses.replace(stage, expand_ratio=1)
+                                 for stage in MCU_LAYOUT[3:])
+LAYER_NORM = "mobilevit_v2_mcu_layernorm"
 # label -> (registered model or "peer:ALPHA", config overrides, input size)
 VARIANTS = {
+    "mcu_layernorm": (LAYER_NORM, {}, 128),
+    "mcu_relu6": (LAYER_NORM, {"block_activation": "relu6"}, 128),
+    "mcu_hswish": (LAYER_NORM, {"block_activation": "hard_swish"}, 128),
+    "mcu_bn": (LAYER_NORM, {"norm": "batch"}, 128),
+    "mcu_relu6_bn": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch"}, 128),
+    "mcu_relu6_bn_expand1": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch",
+                                          "layout": EXPAND1}, 128),
+    "mcu_relu6_bn_s3x1": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch",
+                                       "layout": MCU_SPEED_LAYOUT[:2] + (dataclasses.replace(
+                                           MCU_SPEED_LAYOUT[2], channels=128),)
+                                       + MCU_SPEED_LAYOUT[3:]}, 128),
+    "mcu_relu6_mixed": (LAYER_NORM, {"block_activation": "relu6", "norm": "mixed"}, 128),
+    "mcu_relu6_mixed_s3x1_96": (LAYER_NORM, {"block_activation": "relu6", "norm": "mixed",
+                                             "layout": MCU_SPEED_LAYOUT}, 128),
     "mcu": ("mobilevit_v2_mcu", {}, 128),
-    "mcu_relu6": ("mobilevit_v2_mcu", {"block_activation": "relu6"}, 128),
-    "mcu_hswish": ("mobilevit_v2_mcu", {"block_activation": "hard_swish"}, 128),
-    "mcu_bn": ("mobilevit_v2_mcu", {"norm": "batch"}, 128),
-    "mcu_relu6_bn": ("mobilevit_v2_mcu", {"block_activation": "relu6", "norm": "batch"}, 128),
-    "mcu_relu6_bnpre": ("mobilevit_v2_mcu", {"block_activation": "relu6",
-                                             "norm": "batch_pre"}, 128),
-    "mcu_fast": ("mobilevit_v2_mcu_fast", {}, 128),
-    "mcu_bnpre_s3x1": ("mobilevit_v2_mcu", {"block_activation": "relu6", "norm": "batch_pre",
-                                            "layout": S3X1}, 128),
-    "mcu_bnpre_s3x1_96": ("mobilevit_v2_mcu", {"block_activation": "relu6",
-                                               "norm": "batch_pre", "layout": S3X1_96}, 128),
     "mcu_moe": ("mobilevit_v2_mcu_moe", {}, 128),
-    "dense_050": ("mobilevit_v2_050", {}, 128),
-    "moe_050": ("mobilevit_v2_moe_050", {}, 128),
-    "peer_100_128": ("peer:1.0", {}, 128),
     "peer_070_128": ("peer:0.7", {}, 128),
     "peer_070_160": ("peer:0.7", {}, 160),
     "peer_070_176": ("peer:0.7", {}, 176),
+    "peer_100_128": ("peer:1.0", {}, 128),
+    "dense_050": ("mobilevit_v2_050", {}, 128),
+    "moe_050": ("mobilevit_v2_moe_050", {}, 128),
 }
 
 

@@ -21,9 +21,10 @@ def data():
 
 # The wider dense variants use the same layers as mobilevit_v2_050 and cost two minutes more
 # on 2 cores: they run with `make test-slow`.
-# Likewise the MCU flagship's dense twin and its dense model at the same flash: the layers of
+# Likewise the MCU MoE's dense twin and its dense model at the same flash: the layers of
 # mobilevit_v2_mcu_moe.
-WIDE = {"mobilevit_v2_075", "mobilevit_v2_100", "mobilevit_v2_mcu", "mobilevit_v2_mcu_wide"}
+WIDE = {"mobilevit_v2_075", "mobilevit_v2_100", "mobilevit_v2_mcu_layernorm",
+        "mobilevit_v2_mcu_wide"}
 
 
 @pytest.fixture(scope="module", params=[

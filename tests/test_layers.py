@@ -28,15 +28,10 @@ LAYER_CASES = [
                         "moe": MOE}, (6, 6, 12), None),
     (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 1, "pad_mode": "edge"},
      (3, 3, 12), None),
-    (SeparableSelfAttention, {"batch_norm": True, "bn_momentum": 0.5}, (4, 6, 8), None),
-    (FeedForward, {"hidden_dim": 16, "activation": "relu6", "batch_norm": True}, (4, 6, 8),
-     None),
-    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch",
-                        "activation": "relu6"}, (4, 4, 12), None),
-    (SeparableSelfAttention, {"pre_norm": True}, (4, 6, 8), None),
+    (SeparableSelfAttention, {"pre_norm": True, "bn_momentum": 0.5}, (4, 6, 8), None),
     (FeedForward, {"hidden_dim": 16, "activation": "relu6", "pre_norm": True}, (4, 6, 8),
      None),
-    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch_pre",
+    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch",
                         "activation": "relu6"}, (4, 4, 12), None),
 ]
 

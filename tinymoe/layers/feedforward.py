@@ -3,7 +3,6 @@
 from tinymoe.backend import keras, register
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin, build_sublayer
-from tinymoe.layers.conv import ConvBNAct
 from tinymoe.layers.norm import folded_batch_norm_pointwise
 from tinymoe.layers.int8 import activation_points, int8_activation
 
@@ -15,10 +14,8 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
     Args:
         hidden_dim: int, width of the hidden layer.
         activation: "swish" (MobileViTv2's choice), "hard_swish", "relu" or "relu6".
-        batch_norm: bool, a batch norm after each convolution (folded into it at export),
-            for transformers without a layer norm (``norm="batch"``).
         pre_norm: bool, a batch norm on the input, folded into ``up`` at inference
-            (:func:`tinymoe.layers.norm.folded_batch_norm_pointwise`; ``norm="batch_pre"``).
+            (:func:`tinymoe.layers.norm.folded_batch_norm_pointwise`; ``norm="batch"``).
         bn_momentum: float, their momentum.
 
     Example:
@@ -26,26 +23,18 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         TensorShape([1, 4, 16, 32])
     """
 
-    def __init__(self, hidden_dim, activation="swish", batch_norm=False, pre_norm=False,
-                 bn_momentum=0.9, **kwargs):
+    def __init__(self, hidden_dim, activation="swish", pre_norm=False, bn_momentum=0.9,
+                 **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.activation = check_activation(activation)
-        self.batch_norm = bool(batch_norm)
         self.pre_norm = bool(pre_norm)
         self.bn_momentum = float(bn_momentum)
-        if self.batch_norm and self.pre_norm:
-            raise ValueError("batch_norm (after the convolutions) and pre_norm (before them) "
-                             "are two forms of one choice: give one.")
         self.norm = (keras.layers.BatchNormalization(momentum=self.bn_momentum, name="norm")
                      if self.pre_norm else None)
         if self.hidden_dim < 1:
             raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
-        if self.batch_norm:
-            self.up = ConvBNAct(self.hidden_dim, 1, activation=self.activation,
-                                bn_momentum=self.bn_momentum, name="up")
-        else:
-            self.up = keras.layers.Conv2D(self.hidden_dim, 1, name="up")
+        self.up = keras.layers.Conv2D(self.hidden_dim, 1, name="up")
         self.down = None
         self._act = get_activation(self.activation)
 
@@ -53,17 +42,11 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         if self.norm is not None:
             build_sublayer(self.norm, input_shape)
         build_sublayer(self.up, input_shape)
-        if self.batch_norm:
-            self.down = ConvBNAct(int(input_shape[-1]), 1, activation=None,
-                                  bn_momentum=self.bn_momentum, name="down")
-        else:
-            self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
+        self.down = keras.layers.Conv2D(int(input_shape[-1]), 1, name="down")
         build_sublayer(self.down, self.up.compute_output_shape(input_shape))
         super().build(input_shape)
 
     def call(self, x, training=None):
-        if self.batch_norm:  # the activation and int8 points are ConvBNAct's
-            return self.down(self.up(x, training=training), training=training)
         up = (folded_batch_norm_pointwise(self.norm, self.up, x, training) if self.pre_norm
               else self.up(x))
         if self.simulate_int8:
@@ -73,8 +56,6 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         return self.down(hidden if self._act is None else self._act(hidden))
 
     def int8_point_names(self):
-        if self.batch_norm:  # the projections' (ConvBNAct) points
-            return ()
         return activation_points("up", self.activation) + ("down",)
 
     def compute_output_shape(self, input_shape):
@@ -82,5 +63,5 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim,
-                "activation": self.activation, "batch_norm": self.batch_norm,
-                "pre_norm": self.pre_norm, "bn_momentum": self.bn_momentum}
+                "activation": self.activation, "pre_norm": self.pre_norm,
+                "bn_momentum": self.bn_momentum}

@@ -13,28 +13,45 @@ class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
 
     Args:
         epsilon: float, added to the variance.
+        fast: bool, the form a microcontroller runs fast, for a norm followed by a 1x1
+            convolution: no gamma and beta (that convolution learns them), and the two means
+            over the channels as 1x1 convolutions with a constant 1/C filter (CMSIS-NN runs
+            a convolution several times faster than TFLite Micro's MEAN). Inputs must be
+            4-D. MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL becomes CONV_2D, SUB, MUL, CONV_2D,
+            ADD, RSQRT, MUL.
 
     Example:
         >>> LayerNorm()(tf.constant([[1.0, 3.0]])).numpy().round(3)
         array([[-1.,  1.]], dtype=float32)
     """
 
-    def __init__(self, epsilon=1e-5, **kwargs):
+    def __init__(self, epsilon=1e-5, fast=False, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
+        self.fast = bool(fast)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        if self.fast:
+            if len(input_shape) != 4:
+                raise ValueError(f"{self.name}: a fast LayerNorm takes 4-D inputs, got shape "
+                                 f"{tuple(input_shape)}.")
+            self._mean_filter = tf.constant(1.0 / channels, shape=(1, 1, channels, 1))
+        else:
+            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
         super().build(input_shape)
+
+    def _channel_mean(self, x):
+        if self.fast:  # [B, P, N, C] -> [B, P, N, 1] as a CONV_2D
+            return tf.nn.conv2d(x, self._mean_filter, 1, "VALID")
+        return tf.reduce_mean(x, axis=-1, keepdims=True)
 
     def call(self, x, training=None):
         q = lambda name, value: self.int8(name, value, training)  # noqa: E731
-        mean = q("mean", tf.reduce_mean(x, axis=-1, keepdims=True))
+        mean = q("mean", self._channel_mean(x))
         centred = q("centred", x - mean)
-        variance = q("variance", tf.reduce_mean(q("square", centred * centred), axis=-1,
-                                                keepdims=True))
+        variance = q("variance", self._channel_mean(q("square", centred * centred)))
         shifted = q("shifted", variance + self.epsilon)
         observed = None
         if self.simulate_int8:
@@ -48,18 +65,22 @@ class LayerNorm(ScopedBuildMixin, keras.layers.Layer):
             _, float_variance = tf.nn.moments(x, axes=[-1], keepdims=True)
             observed = tf.math.rsqrt(float_variance + self.epsilon)
         scale = self.int8("rsqrt", tf.math.rsqrt(shifted), training, observed=observed)
-        return q("out", q("scaled", q("normalised", centred * scale) * self.gamma) + self.beta)
+        normalised = q("normalised", centred * scale)
+        if self.fast:
+            return normalised
+        return q("out", q("scaled", normalised * self.gamma) + self.beta)
 
     def int8_point_names(self):
-        # MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD: each output is an int8 tensor.
-        return ("mean", "centred", "square", "variance", "shifted", "rsqrt", "normalised",
-                "scaled", "out")
+        # MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD: each output is an int8 tensor
+        # (the fast form stops after the first MUL).
+        points = ("mean", "centred", "square", "variance", "shifted", "rsqrt", "normalised")
+        return points if self.fast else points + ("scaled", "out")
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "epsilon": self.epsilon, "fast": self.fast}
 
 
 def folded_batch_norm_pointwise(norm, conv, x, training=None):

@@ -23,11 +23,11 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
         activation: feed-forward activation.
         dropout: float, dropout on the attention and feed-forward outputs.
         norm: "layer" (pre-norm: a :class:`LayerNorm` before the attention and before the
-            feed-forward, MobileViTv2's), "batch_pre" (the same pre-norms as batch norms,
+            feed-forward, MobileViTv2's), "batch" (the same pre-norms as batch norms,
             folded into the attention's qkv and the feed-forward's first convolution at
-            inference) or "batch" (no pre-norm; a batch norm after each 1x1 convolution of
-            the attention and the feed-forward, as LeViT does). Both batch forms fold into
-            the convolutions at export: normalisation costs no op at all.
+            inference: in the int8 graph normalisation costs no op at all) or "mixed" (a
+            fast :class:`LayerNorm` before the attention, a folded batch norm before the
+            feed-forward).
         bn_momentum: float, the batch norms' momentum (``norm="batch"``).
 
     Example:
@@ -50,13 +50,15 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
         if norm != "layer" and self.moe is not None:
             raise ValueError(f"norm={norm!r} has no mixture-of-experts form yet: the experts "
                              "have no batch norms to fold. Use norm='layer' for MoE layers.")
-        forms = {"batch_norm": norm == "batch", "pre_norm": norm == "batch_pre",
-                 "bn_momentum": self.bn_momentum}
-        self.attn_norm = LayerNorm(name="attn_norm") if norm == "layer" else None
-        self.attn = SeparableSelfAttention(**forms, name="attn")
+        self.attn_norm = (None if norm == "batch"
+                          else LayerNorm(fast=norm == "mixed", name="attn_norm"))
+        self.attn = SeparableSelfAttention(pre_norm=norm == "batch",
+                                           bn_momentum=self.bn_momentum, name="attn")
         self.ffn_norm = LayerNorm(name="ffn_norm") if norm == "layer" else None
         if self.moe is None:
-            self.ffn = FeedForward(self.ffn_dim, activation=activation, **forms, name="ffn")
+            self.ffn = FeedForward(self.ffn_dim, activation=activation,
+                                   pre_norm=norm != "layer", bn_momentum=self.bn_momentum,
+                                   name="ffn")
         else:
             self.ffn = MoEFeedForward(hidden_dim=self.ffn_dim,
                                       **{"activation": activation, **self.moe}, name="moe")
@@ -132,8 +134,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         pad_mode: how a map that patches cannot tile is padded, "edge" or "zeros" (see
             :class:`PatchUnfold`; a config saved without it loads as "zeros").
         norm: the transformer's normalisation, "layer" or "batch" (see
-            :class:`TransformerLayer`): "layer", "batch_pre" or "batch". With a batch form
-            the block has no final layer norm: ``conv_proj`` has its batch norm.
+            :class:`TransformerLayer`): "layer", "batch" or "mixed". With "batch" or
+            "mixed" the block has no final layer norm: ``conv_proj`` has its batch norm.
 
     Example:
         >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
@@ -244,7 +246,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         return cls(**with_saved_pad_mode(config))
 
 
-NORMS = ("layer", "batch_pre", "batch")
+NORMS = ("layer", "batch", "mixed")
 
 
 def _normed(norm, x):

@@ -76,13 +76,11 @@ register_model("mobilevit_v2_100", MobileViTV2Config(width=1.0))
 # of stages 4 and 5.
 register_model("mobilevit_v2_moe_050", MobileViTV2Config(width=0.5, moe=MoEConfig()))
 
-# The microcontroller flagship, designed from Cortex-M3 measurements at 128x128
-# (benchmarks/results/mcu_design_128px.md): a 251 KB arena and an 841 KB .tflite
-# (100 classes; less once stripped for the device). No tensor at 64x64 beyond the stem
-# (stage 1 is a stride-2 depthwise block without expansion), one stage-2 block, ReLU6 in
-# every inverted residual (fused into the convolutions: no activation tensors), swish in
-# the attention stages; 4 experts (top-1, per patch) in the last transformer layer of
-# stage 4 (16 patches of 2x2 at 128x128).
+# The microcontroller flagship's first layout, designed from Cortex-M3 measurements at
+# 128x128 (benchmarks/results/mcu_design_128px.md): no tensor at 64x64 beyond the stem (stage
+# 1 is a stride-2 depthwise block without expansion), one stage-2 block, ReLU6 in every
+# inverted residual (fused into the convolutions: no activation tensors), swish and layer
+# norms in the attention stages. The MoE MCU model and its dense twin keep it.
 MCU_LAYOUT = (
     StageConfig(24, blocks=1, stride=2, expand_ratio=1, activation="relu6"),
     StageConfig(32, blocks=1, stride=1, activation="relu6"),
@@ -91,7 +89,20 @@ MCU_LAYOUT = (
     StageConfig(160, stride=2, activation="relu6", attn_dim=96, attn_layers=2),
 )
 _MCU_STEM = {"stem_channels": 16, "stem_activation": "relu6"}
-register_model("mobilevit_v2_mcu", MobileViTV2Config(layout=MCU_LAYOUT, **_MCU_STEM))
+# The microcontroller model, made cheap where a Cortex-M7 with CMSIS-NN spends its time
+# (benchmarks/results/mcu_speed_128px.md): ReLU6 in the attention blocks too (swish's
+# LOGISTIC and MUL took a quarter of the instructions), a batch norm folded into each
+# feed-forward and a fast layer norm (no affine, means as convolutions) before each
+# attention (the layer norms' MEAN, SUB, MUL and RSQRT took another quarter), and stage 3
+# (16x16) with one transformer layer on 96 channels. 248 M -> 107 M instructions per
+# 128x128 image, against 74 M for MobileNetV3-Small 0.7 at 160x160.
+MCU_SPEED_LAYOUT = MCU_LAYOUT[:2] + (
+    dataclasses.replace(MCU_LAYOUT[2], channels=96, attn_layers=1),) + MCU_LAYOUT[3:]
+register_model("mobilevit_v2_mcu", MobileViTV2Config(
+    layout=MCU_SPEED_LAYOUT, block_activation="relu6", norm="mixed", **_MCU_STEM))
+# The MoE MCU model's dense twin: the first layout, swish and layer norms.
+register_model("mobilevit_v2_mcu_layernorm", MobileViTV2Config(layout=MCU_LAYOUT,
+                                                               **_MCU_STEM))
 # The dense model at the MCU flagship's flash: its parameters spent on wider stages 4 and 5
 # instead of experts (615,962 against 616,110 at 100 classes).
 register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
@@ -99,17 +110,6 @@ register_model("mobilevit_v2_mcu_wide", MobileViTV2Config(
         StageConfig(144, stride=2, activation="relu6", attn_dim=88, attn_layers=2),
         StageConfig(176, stride=2, activation="relu6", attn_dim=104, attn_layers=2)),
     **_MCU_STEM))
-# The MCU model made cheap where the Cortex-M7 spends its time (benchmarks/mcu_speed.py):
-# ReLU6 in the attention blocks too (fused into the convolutions, where swish's LOGISTIC and
-# MUL took 23% of the instructions), batch norms after the transformer's 1x1 convolutions
-# (folded into them at export, where the layer norms' MEAN, SUB, MUL, RSQRT took 25%), and
-# no expansion in the stride-2 blocks of stages 4 and 5 (their expansion convolutions held
-# a fifth of the MACs).
-MCU_FAST_LAYOUT = MCU_LAYOUT[:3] + (
-    dataclasses.replace(MCU_LAYOUT[3], expand_ratio=1),
-    dataclasses.replace(MCU_LAYOUT[4], expand_ratio=1))
-register_model("mobilevit_v2_mcu_fast", MobileViTV2Config(
-    layout=MCU_FAST_LAYOUT, block_activation="relu6", norm="batch", **_MCU_STEM))
 register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
     layout=MCU_LAYOUT, moe=MoEConfig(layers=((4, -1),)), **_MCU_STEM))
 # The same experts on the wider dense model: an 815 KB stripped .tflite at 100 classes.

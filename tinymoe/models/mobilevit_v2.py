@@ -162,10 +162,11 @@ class MobileViTV2Config:
         block_activation: activation of the attention blocks' local depthwise convolution
             and feed-forwards: "swish" (MobileViTv2's; LOGISTIC + MUL in int8), "hard_swish",
             or "relu6" / "relu" (fused into the convolution before it: no op at all).
-        norm: normalisation in the transformers: "layer" (MobileViTv2's pre-norm, per token;
-            MEAN, SUB, MUL, RSQRT... in int8), "batch_pre" (the pre-norms as batch norms) or
-            "batch" (a batch norm after each 1x1 convolution). The batch forms fold into the
-            convolutions at export (no op at all); dense feed-forwards only.
+        norm: the transformers' pre-norms: "layer" (MobileViTv2's, per token; MEAN, SUB,
+            MUL, RSQRT... in int8), "batch" (batch norms, folded into the convolutions after
+            them in the inference graph: no op at all) or "mixed" (a fast layer norm before
+            the attention, a folded batch norm before the feed-forward); the batch forms for
+            dense feed-forwards only.
 
     Example:
         >>> build_mobilevit_v2(MobileViTV2Config(width=0.5, moe=MoEConfig()), num_classes=10)
