@@ -15,6 +15,8 @@ Examples:
     python benchmarks/mcu_speed.py --out benchmarks/results/mcu_speed_128px
     python benchmarks/mcu_speed.py --variants mcu mcu_layernorm peer_070_160 \\
         --out /tmp/mcu_speed
+    python benchmarks/mcu_speed.py --variants --tflite mcu_seed0=RUNS/mcu_seed0.tflite \\
+        --out benchmarks/results/mcu_speed_trained
 """
 
 import argparse
@@ -28,6 +30,7 @@ from common import run_meta, write_results
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
 from tinymoe.export.device import measure_on_device, milliseconds_at
+from tinymoe.export.firmware import model_facts
 from tinymoe.models import (MCU_LAYOUT, MCU_SPEED_LAYOUT, create_model, has_experts,
                             with_dispatch)
 
@@ -122,6 +125,24 @@ def measure(label, rng):
         "device_seconds": round(time.time() - start, 1)}
 
 
+def measure_tflite(label, path):
+    """A converted (e.g. trained) model, measured as ``tinymoe report --target cortex-m7``
+    does."""
+    with open(path, "rb") as handle:
+        tflite_bytes = handle.read()
+    facts = report(tflite_bytes, arena=False)
+    device = measure_on_device(tflite_bytes, "cortex-m7")
+    size = int(model_facts(tflite_bytes)[0][0].shape[1])  # [1, H, W, C]
+    return {
+        "variant": label, "model": path, "overrides": {}, "input_size": size,
+        "params": None, "macs": facts["macs"], "tflite_bytes": len(tflite_bytes),
+        "model_array_bytes": device["model_bytes"], "m7_arena_bytes": device["arena_bytes"],
+        "m7_flash_bytes": device["flash_bytes"], "instructions": device["instructions"],
+        "ms_at_216mhz": round(milliseconds_at(device["instructions"], CLOCK_MHZ), 1),
+        "instructions_by_op": device["instructions_by_op"],
+        "op_counts": dict(collections.Counter(op_names(tflite_bytes)))}
+
+
 def markdown(rows, meta):
     lines = ["# Instructions per inference on the Cortex-M7 build (CMSIS-NN)", "",
              f"Command: `{meta['command']}`  ",
@@ -135,7 +156,8 @@ def markdown(rows, meta):
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
-            f"| {row['variant']} | {row['input_size']} | {row['params']:,} | {row['macs']:,} | "
+            f"| {row['variant']} | {row['input_size'] or '-'} | "
+            f"{'-' if row['params'] is None else format(row['params'], ',')} | {row['macs']:,} | "
             f"{row['instructions'] / 1e6:.1f} M | {row['ms_at_216mhz']} | "
             f"{row['m7_arena_bytes']:,} | {row['m7_flash_bytes']:,} | "
             f"{row['model_array_bytes']:,} |")
@@ -151,15 +173,21 @@ def markdown(rows, meta):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS),
                         default=list(VARIANTS))
+    parser.add_argument("--tflite", nargs="*", default=[], metavar="LABEL=PATH",
+                        help="also converted models, e.g. trained ones (as tinymoe report "
+                             "--target cortex-m7 measures them)")
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
     start = time.time()
     rng = np.random.default_rng(0)
     rows = []
-    for label in args.variants:
-        rows.append(measure(label, rng))
+    jobs = [(label, lambda label=label: measure(label, rng)) for label in args.variants]
+    jobs += [(label, lambda label=label, path=path: measure_tflite(label, path))
+             for label, _, path in (item.partition("=") for item in args.tflite)]
+    for label, job in jobs:
+        rows.append(job())
         print(f"{label}: {rows[-1]['instructions'] / 1e6:.1f} M instructions", flush=True)
         meta = run_meta(start)
         write_results(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))

@@ -33,6 +33,9 @@ LAYER_CASES = [
      None),
     (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "batch",
                         "activation": "relu6"}, (4, 4, 12), None),
+    (LayerNorm, {"fast": True}, (4, 6, 8), None),
+    (MobileViTV2Block, {"attn_dim": 8, "ffn_dim": 16, "num_layers": 2, "norm": "mixed",
+                        "activation": "relu6"}, (4, 4, 12), None),
 ]
 
 
@@ -159,3 +162,16 @@ def test_make_divisible_follows_the_mobilenet_rule():
     assert make_divisible(32 * 0.5, 8) == 16
     assert make_divisible(64 * 0.75, 16) == 48
     assert make_divisible(10, 8) == 16  # never below min_value
+
+
+def test_fast_layer_norm_normalises_as_the_full_one_without_its_affine_map():
+    """The fast form computes its channel means with a 1x1 convolution: the same numbers as
+    REDUCE_MEAN up to float32 summation order (a few ulp of values near 1)."""
+    x = np.random.default_rng(2).normal(3.0, 2.0, size=(2, 4, 6, 8)).astype(np.float32)
+    full, fast = LayerNorm(), LayerNorm(fast=True)
+    full.build(x.shape)
+    full.gamma.assign(np.full(8, 1.0, np.float32))
+    np.testing.assert_allclose(fast(x).numpy(), full(x).numpy(), rtol=0, atol=1e-5)
+    assert not fast.weights
+    with pytest.raises(ValueError, match="a fast LayerNorm takes 4-D inputs"):
+        LayerNorm(fast=True)(np.zeros((2, 8), np.float32))
