@@ -32,7 +32,7 @@ from tinymoe.export import op_names, report, to_tflite
 from tinymoe.export.device import measure_on_device, milliseconds_at
 from tinymoe.export.firmware import model_facts
 from tinymoe.models import (MCU_LAYOUT, MCU_SPEED_LAYOUT, create_model, has_experts,
-                            with_dispatch)
+                            settle_batch_norms, with_dispatch)
 
 CLOCK_MHZ = 216  # an STM32F746
 NUM_CLASSES = 100
@@ -83,20 +83,6 @@ def build(label, extra=None):
         return cnn_peer(float(name.split(":")[1]), size), size
     return create_model(name, num_classes=NUM_CLASSES, input_shape=(size, size, 3),
                         **overrides), size
-
-
-def settle_batch_norms(model, images):
-    """Sets every batch norm's moving statistics to those of ``images`` (momentum 0 for one
-    training-mode call), so that the int8 ranges are those of a network in use."""
-    keras = tinymoe.keras
-    norms = [layer for layer in model.submodules
-             if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.momentum = 0.0
-    model(images, training=True)
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
 
 
 def measure(label, rng):

@@ -6,7 +6,8 @@ import pytest
 import tinymoe
 from conftest import synthetic_images
 from tinymoe.backend import keras
-from tinymoe.models import MoEConfig, create_model, get_config, list_models, read_routing
+from tinymoe.models import (MoEConfig, create_model, get_config, list_models, read_routing,
+                            settle_batch_norms)
 
 REFERENCE_PARAMS = {  # MobileViTv2 at 256x256 with 1000 classes (Mehta & Rastegari, 2022)
     "mobilevit_v2_050": 1.37e6,
@@ -164,14 +165,9 @@ def test_the_mcu_model_spends_few_int8_ops_on_normalisation_and_none_on_activati
     for name in ("mobilevit_v2_mcu", "mobilevit_v2_mcu_layernorm"):
         keras.utils.set_random_seed(0)
         model = create_model(name, num_classes=3, input_shape=(128, 128, 3))
-        # Batch-norm statistics of these images (momentum 0 for one training-mode call): an
-        # untrained network's shrink the tokens to ranges no trained model has.
-        norms = [layer for layer in model.submodules
-                 if isinstance(layer, keras.layers.BatchNormalization)]
-        for norm in norms:
-            norm.momentum = 0.0
-        model(images, training=True)
-        ops = op_names(to_tflite(model, images))
+        # An untrained network's batch-norm statistics shrink the tokens to ranges no
+        # trained model has (and TFLM's SOFTMAX cannot take).
+        ops = op_names(to_tflite(settle_batch_norms(model, images), images))
         counts[name] = {op: ops.count(op) for op in set(ops)}
     fast, layer_norm = counts["mobilevit_v2_mcu"], counts["mobilevit_v2_mcu_layernorm"]
     layers = fast["SOFTMAX"]  # one per transformer layer: 1 + 2 + 2
@@ -182,3 +178,19 @@ def test_the_mcu_model_spends_few_int8_ops_on_normalisation_and_none_on_activati
     blocks = 3
     assert layer_norm["RSQRT"] == 2 * 6 + blocks and layer_norm["MEAN"] == 2 * 15 + 1
     assert layer_norm["LOGISTIC"] == 3 * blocks  # the depthwise and two feed-forwards
+
+
+def test_settling_batch_norms_sets_their_statistics_and_nothing_else():
+    keras.utils.set_random_seed(0)
+    model = create_model("mobilevit_v2_mcu", num_classes=3, input_shape=(64, 64, 3))
+    images = np.random.default_rng(1).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    stem = model.get_layer("stem").norm
+    weights = {w.name: w.numpy() for w in model.weights if "moving" not in w.name}
+    settle_batch_norms(model, images)
+    moved = {w.name: w.numpy() for w in model.weights if "moving" not in w.name}
+    assert all(np.array_equal(weights[name], moved[name]) for name in weights)
+    # The stem's statistics are now its batch's (momentum 0), and the momentum is back.
+    features = model.get_layer("stem").conv(model.get_layer("rescale")(images)).numpy()
+    np.testing.assert_allclose(stem.moving_mean.numpy(), features.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-6)
+    assert stem.momentum == 0.9

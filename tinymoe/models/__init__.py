@@ -5,6 +5,7 @@ import difflib
 
 from tinymoe.models.mobilevit_v2 import (
     MobileViTV2Config, MoEConfig, StageConfig, build_mobilevit_v2, check_input_shape)
+from tinymoe.models.batch_norms import settle_batch_norms
 from tinymoe.models.dispatch import has_experts, moe_layers, with_dispatch
 from tinymoe.models.tracing import read_routing, trace
 
@@ -118,4 +119,5 @@ register_model("mobilevit_v2_mcu_wide_moe", dataclasses.replace(
 
 __all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2",
            "check_input_shape", "create_model", "get_config", "has_experts", "list_models",
-           "moe_layers", "read_routing", "register_model", "trace", "with_dispatch"]
+           "moe_layers", "read_routing", "register_model", "settle_batch_norms", "trace",
+           "with_dispatch"]

@@ -4,7 +4,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tinymoe.export import check_tflm, to_tflite
-from tinymoe.models import create_model, list_models
+from tinymoe.models import create_model, list_models, settle_batch_norms
 from tinymoe.profile import profile
 
 COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm")
@@ -13,8 +13,9 @@ COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm")
 def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
     """Builds each model, counts it, converts it to full int8 and runs it in TFLite Micro.
 
-    The models are untrained and calibrated on random images: the sizes, MACs and the TFLM
-    check do not depend on the weights.
+    The models are untrained, their batch-norm statistics those of random images
+    (:func:`tinymoe.models.settle_batch_norms`), and calibrated on them: the sizes, MACs and
+    the TFLM check do not depend on the weights.
 
     Args:
         names: model names (default: every registered model).
@@ -36,6 +37,7 @@ def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
         model = create_model(name, num_classes=num_classes,
                              input_shape=(input_size, input_size, 3))
         counts = profile(model)
+        settle_batch_norms(model, calibration)
         tflite_bytes = to_tflite(model, calibration)
         check = check_tflm(tflite_bytes)
         row = {"model": name, "params": counts["params"], "macs": counts["macs"],
