@@ -269,6 +269,25 @@ def test_the_mcu_flagship_fits_the_budget_on_cortex_m3(tmp_path, capsys):
     assert size <= 900_000
 
 
+def test_the_mcu_model_fits_the_budget_and_the_speed_target_on_cortex_m7():
+    """mobilevit_v2_mcu at 128x128, 100 classes, on the Cortex-M7 build with CMSIS-NN: arena
+    within 300 KB, the whole image within 1 MB of flash, and at most 1.5x the instructions
+    of MobileNetV3-Small 0.7 at 160x160 (74.2 M, benchmarks/results/mcu_speed_128px.md).
+    QEMU counts instructions exactly (-icount), so this is a count, not a timing; it depends
+    on the shapes, not on the weights (107.0 M, untrained or trained)."""
+    _require("cortex-m7")
+    from tinymoe.export.device import measure_on_device
+    from tinymoe.models import settle_batch_norms
+    keras.utils.set_random_seed(0)
+    images = np.round(np.random.default_rng(4).uniform(0, 255, (8, 128, 128, 3)))
+    model = create_model("mobilevit_v2_mcu", num_classes=100, input_shape=(128, 128, 3))
+    tflite_bytes = to_tflite(settle_batch_norms(model, images), images.astype(np.float32))
+    device = measure_on_device(tflite_bytes, "cortex-m7")
+    assert device["arena_bytes"] <= 300_000 and device["flash_bytes"] <= 1_000_000
+    assert device["instructions"] <= 1.5 * 74_200_000
+    assert "LOGISTIC" not in device["instructions_by_op"]
+
+
 def test_todays_flagship_is_refused_by_the_budget(tmp_path, capsys):
     _require("cortex-m3")
     assert _budget_export("mobilevit_v2_moe_050", tmp_path) == 2
