@@ -28,7 +28,7 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
             inference: in the int8 graph normalisation costs no op at all) or "mixed" (a
             fast :class:`LayerNorm` before the attention, a folded batch norm before the
             feed-forward).
-        bn_momentum: float, the batch norms' momentum (``norm="batch"``).
+        bn_momentum: float, the batch norms' momentum (``norm="batch"`` or ``"mixed"``).
 
     Example:
         >>> layer = TransformerLayer(64, moe={"num_experts": 4, "top_k": 1})
@@ -133,9 +133,9 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         dropout: float, dropout inside the transformer layers.
         pad_mode: how a map that patches cannot tile is padded, "edge" or "zeros" (see
             :class:`PatchUnfold`; a config saved without it loads as "zeros").
-        norm: the transformer's normalisation, "layer" or "batch" (see
-            :class:`TransformerLayer`): "layer", "batch" or "mixed". With "batch" or
-            "mixed" the block has no final layer norm: ``conv_proj`` has its batch norm.
+        norm: the transformers' normalisation, "layer", "batch" or "mixed" (see
+            :class:`TransformerLayer`). With "batch" or "mixed" the block has no final
+            layer norm: ``conv_proj`` has its batch norm.
 
     Example:
         >>> block = MobileViTV2Block(32, 64, 2, moe_layers=(-1,), moe={"num_experts": 4})
