@@ -4,8 +4,17 @@ import os
 import platform
 import sys
 
+import dataclasses
+
 import tinymoe
 from tinymoe.files import atomic_path, write_json
+from tinymoe.models import MCU_LAYOUT
+
+# The MCU layout before the speed work without expansion in the stride-2 blocks of stages 4
+# and 5: a speed ablation that did not train (benchmarks/README.md, "Time on the
+# microcontroller").
+MCU_EXPAND1_LAYOUT = MCU_LAYOUT[:3] + tuple(dataclasses.replace(stage, expand_ratio=1)
+                                            for stage in MCU_LAYOUT[3:])
 
 
 def run_meta(start, **extra):

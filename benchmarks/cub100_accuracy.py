@@ -35,12 +35,12 @@ import os
 import time
 
 import numpy as np
-from common import run_meta, write_results
+from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
 
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
-from tinymoe.models import MCU_LAYOUT, MCU_SPEED_LAYOUT, MoEConfig, create_model, get_config
+from tinymoe.models import MCU_SPEED_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
@@ -51,12 +51,11 @@ VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_
 # combined. "bnpre": the transformer's pre-norms as batch norms (norm="batch"; the labels are
 # those the runs in benchmarks/results were made with); "mixed": a fast layer norm before the
 # attention, a folded batch norm before the feed-forward.
-EXPAND1 = MCU_LAYOUT[:3] + tuple(dataclasses.replace(stage, expand_ratio=1)
-                                 for stage in MCU_LAYOUT[3:])
 MCU_ABLATIONS = {
     "mcu_relu6": {"block_activation": "relu6"},
     "mcu_relu6_bnpre": {"block_activation": "relu6", "norm": "batch"},
-    "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch", "layout": EXPAND1},
+    "mcu_fast_bnpre": {"block_activation": "relu6", "norm": "batch",
+                       "layout": MCU_EXPAND1_LAYOUT},
     "mcu_bnpre_s3x1_96": {"block_activation": "relu6", "norm": "batch",
                           "layout": MCU_SPEED_LAYOUT},
     "mcu_mixed_s3x1_96": {"block_activation": "relu6", "norm": "mixed",

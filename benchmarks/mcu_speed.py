@@ -25,21 +25,18 @@ import dataclasses
 import time
 
 import numpy as np
-from common import run_meta, write_results
+from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
 
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
 from tinymoe.export.device import measure_on_device, milliseconds_at
 from tinymoe.export.firmware import model_facts
-from tinymoe.models import (MCU_LAYOUT, MCU_SPEED_LAYOUT, create_model, has_experts,
+from tinymoe.models import (MCU_SPEED_LAYOUT, create_model, has_experts,
                             settle_batch_norms, with_dispatch)
 
 CLOCK_MHZ = 216  # an STM32F746
 NUM_CLASSES = 100
 
-# The MCU model's layout before the speed work, without expansion in stages 4 and 5.
-EXPAND1 = MCU_LAYOUT[:3] + tuple(dataclasses.replace(stage, expand_ratio=1)
-                                 for stage in MCU_LAYOUT[3:])
 LAYER_NORM = "mobilevit_v2_mcu_layernorm"
 # label -> (registered model or "peer:ALPHA", config overrides, input size)
 VARIANTS = {
@@ -49,7 +46,7 @@ VARIANTS = {
     "mcu_bn": (LAYER_NORM, {"norm": "batch"}, 128),
     "mcu_relu6_bn": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch"}, 128),
     "mcu_relu6_bn_expand1": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch",
-                                          "layout": EXPAND1}, 128),
+                                          "layout": MCU_EXPAND1_LAYOUT}, 128),
     "mcu_relu6_bn_s3x1": (LAYER_NORM, {"block_activation": "relu6", "norm": "batch",
                                        "layout": MCU_SPEED_LAYOUT[:2] + (dataclasses.replace(
                                            MCU_SPEED_LAYOUT[2], channels=128),)
