@@ -86,12 +86,20 @@ def build_parser():
                     "and OUT/summary.json.", parents=[common])
     train.add_argument("--model", default="mobilevit_v2_050",
                        help="registry name or .keras file (default: mobilevit_v2_050)")
+    train.add_argument("--weights", default=None, metavar="NAME",
+                       help="start a registered model from the pretrained weights shipped "
+                            "with tinymoe: tinyimagenet ('tinymoe models' lists which models "
+                            "have them); the classifier is new. Then --learning-rate, "
+                            "--warmup-epochs and --label-smoothing default to the fine-tuning "
+                            "recipe (tinymoe.train.FINE_TUNE) (default: random weights)")
     _add_data_args(train)
     train.add_argument("--out", required=True, metavar="DIR", help="output folder")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=2e-3, help="peak (default 2e-3)")
-    train.add_argument("--warmup-epochs", type=float, default=2.0)
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="peak (default 2e-3; with --weights, the fine-tuning recipe's)")
+    train.add_argument("--warmup-epochs", type=float, default=None,
+                       help="default 2; with --weights, the fine-tuning recipe's")
     train.add_argument("--save-epochs", type=int, nargs="+", default=[], metavar="N",
                        help="also write OUT/epoch<N>.keras after these epochs (e.g. the "
                             "checkpoint to upcycle from)")
@@ -101,7 +109,8 @@ def build_parser():
                             "re-warmed over half an epoch (for a model upcycled from "
                             "epoch<N>.keras; keep the other settings of the first run)")
     train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--label-smoothing", type=float, default=None,
+                       help="default 0.1; with --weights, the fine-tuning recipe's")
     train.add_argument("--augment", choices=("none", "default", "digits", "strong"),
                        default="default",
                        help="none; default (random crop and flip); digits (crop, no flip); "
@@ -114,9 +123,13 @@ def build_parser():
                        help="slots per expert as a multiple of patches / experts, for "
                             "--train-dispatch sparse (default 2.0: export then calibrates "
                             "its own, see 'tinymoe export --capacity-factor')")
-    train.add_argument("--distribute", choices=("none", "mirrored"), default="none",
+    train.add_argument("--distribute", choices=("none", "mirrored", "multi-worker"),
+                       default="none",
                        help="mirrored: Keras fit under tf.distribute.MirroredStrategy, one "
-                            "replica per GPU (per logical CPU device without GPUs). "
+                            "replica per GPU (per logical CPU device without GPUs); "
+                            "multi-worker: tf.distribute.MultiWorkerMirroredStrategy, the "
+                            "same command on every machine, each with its TF_CONFIG (the "
+                            "cluster and its own index; worker 0 writes OUT). "
                             "--batch-size and --learning-rate are then per replica: the "
                             "global batch is batch-size x replicas and the peak learning rate "
                             "learning-rate x replicas (linear scaling); summary.json records "

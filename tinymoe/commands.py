@@ -55,17 +55,27 @@ def run_train(args):
         0
     """
     from tinymoe.data import load_dataset
-    from tinymoe.pipeline import train_run
-    from tinymoe.train import TrainConfig
+    from tinymoe.pipeline import distribution_strategy, train_run
+    from tinymoe.train import FINE_TUNE, TrainConfig
 
+    # First: a multi-worker strategy must exist before TensorFlow does any other work.
+    strategy = distribution_strategy(args.distribute)
+    if args.weights is not None:  # refused before the data loads, naming what there is
+        from tinymoe.weights import check_input_shape, weights_card
+
+        check_input_shape(weights_card(args.model, args.weights),
+                          (args.input_size, args.input_size, 3))
+    recipe = FINE_TUNE if args.weights is not None else TrainConfig()
+    chosen = {key: getattr(recipe, key) if getattr(args, key) is None else getattr(args, key)
+              for key in ("learning_rate", "warmup_epochs", "label_smoothing")}
     data = load_dataset(args.data, args.input_size)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
-                         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                         initial_epoch=args.initial_epoch, save_epochs=tuple(args.save_epochs))
+                         weight_decay=args.weight_decay, initial_epoch=args.initial_epoch,
+                         save_epochs=tuple(args.save_epochs), **chosen)
     _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
                            train_dispatch=args.train_dispatch,
-                           capacity_factor=args.capacity_factor, distribute=args.distribute)
+                           capacity_factor=args.capacity_factor, distribute=strategy,
+                           weights=args.weights)
     print(json.dumps(summary, indent=2))
     return 0
 

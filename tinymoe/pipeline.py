@@ -34,7 +34,7 @@ def load_model(path):
     return keras.models.load_model(path, compile=False)
 
 
-DISTRIBUTE = ("none", "mirrored")
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
 
 
 def distribution_strategy(distribute=None):
@@ -43,7 +43,14 @@ def distribution_strategy(distribute=None):
     Args:
         distribute: None or "none" (the default strategy: one device), "mirrored"
             (``tf.distribute.MirroredStrategy``, one replica per GPU, or per logical CPU
-            device on a machine without GPUs), or a ``tf.distribute.Strategy``.
+            device on a machine without GPUs), "multi-worker"
+            (``tf.distribute.MultiWorkerMirroredStrategy``: one process per machine, the
+            cluster and this process's place in it read from the ``TF_CONFIG`` environment
+            variable; create it before any other TensorFlow work in the process), or a
+            ``tf.distribute.Strategy``.
+
+    Raises:
+        ValueError: an unknown name, or "multi-worker" without a usable ``TF_CONFIG``.
 
     Example:
         >>> distribution_strategy("mirrored").num_replicas_in_sync
@@ -53,20 +60,66 @@ def distribution_strategy(distribute=None):
         return distribute
     if distribute in (None, "none"):
         return tf.distribute.get_strategy()
+    if distribute == "multi-worker":
+        _check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if distribute != "mirrored":
         raise ValueError(f"Unknown distribution {distribute!r}; choose one of {DISTRIBUTE}.")
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
-def _model_to_train(model, data):
-    """A registry name, a ``.keras`` path or a model, built in the current strategy's scope."""
+def _check_tf_config():
+    """Refuses a missing or malformed ``TF_CONFIG`` before TensorFlow waits on a cluster."""
+    import json
+
+    text = os.environ.get("TF_CONFIG")
+    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}\'')
+    if not text:
+        raise ValueError(f"--distribute multi-worker reads the cluster from the TF_CONFIG "
+                         f"environment variable, which is not set; on each machine set e.g. "
+                         f"{example} with its own index.")
+    try:
+        config = json.loads(text)
+        workers = config["cluster"]["worker"]
+        index = int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"TF_CONFIG is not of the form {example}: {text!r}") from None
+    if not 0 <= index < len(workers):
+        raise ValueError(f"TF_CONFIG's task index {index} is not one of the "
+                         f"{len(workers)} workers it lists.")
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run's files: always, except on a multi-worker run's
+    workers other than the first (index 0, the chief).
+
+    Example:
+        >>> is_chief(distribution_strategy("none"))
+        True
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _model_to_train(model, data, weights=None):
+    """A registry name (with ``weights``, pretrained), a ``.keras`` path or a model, built in
+    the current strategy's scope."""
+    if weights is not None and not (isinstance(model, str) and model in list_models()):
+        raise ValueError(f"Pretrained weights ({weights!r}) are for registered models by "
+                         f"name; {model!r} is not one (a .keras file has its own weights).")
     if isinstance(model, str):
         if model.endswith(".keras"):
             return load_model(model)
         if model in list_models():
             return create_model(model, num_classes=data.num_classes,
-                                input_shape=data.images.shape[1:])
+                                input_shape=data.images.shape[1:], weights=weights)
         raise ValueError(f"{model!r} is neither a registered model "
                          f"({', '.join(list_models())}) nor a .keras file.")
     if tf.distribute.has_strategy():  # its variables were made outside the scope: rebuild
@@ -78,7 +131,7 @@ def _model_to_train(model, data):
 
 
 def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
-              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None):
+              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None, weights=None):
     """Trains ``model`` (a registry name, a ``.keras`` path or a model) on ``data``.
 
     Writes ``best.keras`` (best validation accuracy), ``labels.txt``, ``log.csv`` and
@@ -91,7 +144,12 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     replicas, the model built and compiled in the strategy's scope. ``config.batch_size``
     and ``config.learning_rate`` are per replica: the global batch is ``batch_size x
     replicas`` and the peak learning rate ``learning_rate x replicas`` (the linear scaling
-    rule), so each replica sees the batch one device would.
+    rule), so each replica sees the batch one device would. With "multi-worker" every
+    worker runs this with the same arguments; only the chief (worker 0) writes ``out_dir``,
+    and the others return ``(model, {"chief": False, ...})``.
+
+    ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
+    (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
 
     Returns:
         (best model, summary dict: params, macs, val_accuracy, images_per_second, replicas,
@@ -110,14 +168,20 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
                          training=True, augment=augment)
     val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
-    with strategy.scope():
-        model = _model_to_train(model, data)
+    chief = is_chief(strategy)
+    with strategy.scope(), tempfile.TemporaryDirectory() as scratch:
+        model = _model_to_train(model, data, weights)
         if train_dispatch is not None:
             model = with_dispatch(model, "masked", capacity_factor,
                                   train_dispatch=train_dispatch)
         start = time.time()
-        history = fit(model, train, val, config, out_dir, verbose)
+        # A multi-worker run's other workers train in step with the chief but write
+        # nothing of their own: their checkpoints and logs go to a scratch folder.
+        history = fit(model, train, val, config, out_dir if chief else scratch, verbose)
         seconds = time.time() - start
+    if not chief:
+        return model, {"model": model.name, "chief": False, "replicas": replicas,
+                       "final_train_accuracy": float(history.history["accuracy"][-1])}
     write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
@@ -125,6 +189,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     summary = {
         **profile(best),
         "model": model.name,
+        "weights": weights,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
         "replicas": replicas,

@@ -62,6 +62,13 @@ class TrainConfig:
                              f"({self.initial_epoch + 1} to {self.epochs}).")
 
 
+# The fine-tuning recipe for a model started from pretrained weights (``create_model(...,
+# weights="tinyimagenet")``, ``tinymoe train --weights``): the default of ``tinymoe train``
+# when weights are given. Chosen on cub100's validation split
+# (benchmarks/results/finetune_recipe_128px.md).
+FINE_TUNE = TrainConfig(learning_rate=1e-3, warmup_epochs=1.0, label_smoothing=0.1)
+
+
 @keras.saving.register_keras_serializable(package="tinymoe")
 class ResumedSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """``schedule`` from step ``offset`` on, ramped linearly from 0 over ``warmup`` steps.

@@ -49,25 +49,47 @@ def get_config(name):
     return _REGISTRY[name]
 
 
-def create_model(name, num_classes=1000, input_shape=(256, 256, 3), **overrides):
-    """Builds a registered model.
+def create_model(name, num_classes=1000, input_shape=(256, 256, 3), weights=None,
+                 **overrides):
+    """Builds a registered model, from random weights or pretrained ones.
 
     Args:
         name: a name from :func:`list_models`.
         num_classes: int, number of classes.
         input_shape: (height, width, channels), height and width multiples of 32.
+        weights: None (random initialisation) or the name of weights shipped with tinymoe
+            (``"tinyimagenet"``: pretrained on Tiny ImageNet-200; see
+            :func:`tinymoe.weights.available_weights` and the card,
+            :func:`tinymoe.weights.weights_card`). Every layer but the classifier is loaded;
+            the classifier is new, for ``num_classes``.
         **overrides: fields of :class:`MobileViTV2Config` to change, e.g.
-            ``moe=MoEConfig(num_experts=8)`` or ``dropout=0.0``.
+            ``moe=MoEConfig(num_experts=8)`` or ``dropout=0.0`` (with ``weights``, only
+            those that leave the weights' shapes as they are).
+
+    Raises:
+        ValueError: an unknown model, weights the model does not have (naming those
+            shipped), or an input the weights cannot take.
 
     Example:
         >>> model = create_model("mobilevit_v2_moe_050", num_classes=10, input_shape=(96, 96, 3))
         >>> model.output_shape
         (None, 10)
+        >>> birds = create_model("mobilevit_v2_mcu", num_classes=100,
+        ...                      input_shape=(128, 128, 3), weights="tinyimagenet")
     """
     config = get_config(name)
+    card = None
+    if weights is not None:
+        from tinymoe import weights as shipped
+
+        card = shipped.weights_card(name, weights)  # refuses unknown weights first
+        shipped.check_input_shape(card, input_shape)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    return build_mobilevit_v2(config, num_classes, input_shape, name=name)
+    model = build_mobilevit_v2(config, num_classes, input_shape, name=name)
+    if card is not None:
+        shipped.load_weights(model, weights)
+    return model
 
 
 register_model("mobilevit_v2_050", MobileViTV2Config(width=0.5))

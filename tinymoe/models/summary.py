@@ -7,7 +7,7 @@ from tinymoe.export import check_tflm, to_tflite
 from tinymoe.models import create_model, list_models, settle_batch_norms
 from tinymoe.profile import profile
 
-COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm")
+COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm", "pretrained")
 
 
 def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
@@ -41,11 +41,29 @@ def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
         tflite_bytes = to_tflite(model, calibration)
         check = check_tflm(tflite_bytes)
         row = {"model": name, "params": counts["params"], "macs": counts["macs"],
-               "int8_bytes": len(tflite_bytes), "runs_in_tflm": "yes" if check.ok else "no"}
+               "int8_bytes": len(tflite_bytes), "runs_in_tflm": "yes" if check.ok else "no",
+               "pretrained": pretrained_summary(name)}
         if not check.ok:
             row["tflm_message"] = check.message
         rows.append(row)
     return rows
+
+
+def pretrained_summary(name):
+    """The shipped weights of model ``name`` in a few words, from their cards: e.g.
+    "tinyimagenet (20 epochs at 64 px, val top-1 0.412)", or "-".
+
+    Example:
+        >>> pretrained_summary("mobilevit_v2_mcu")
+    """
+    from tinymoe.weights import available_weights, weights_card
+
+    parts = []
+    for weights in available_weights().get(name, []):
+        card = weights_card(name, weights)
+        parts.append(f"{weights} ({card['epochs']} epochs at {card['input_size']} px, val "
+                     f"top-1 {card['tinyimagenet_val_top1_float16']:.3f})")
+    return "; ".join(parts) or "-"
 
 
 def format_table(rows):
