@@ -44,8 +44,9 @@ from tinymoe.models import MCU_SPEED_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
-VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu_dense",
-            "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
+VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
+            "mcu_dense", "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer",
+            "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
 # to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
 # combined. "bnpre": the transformer's pre-norms as batch norms (norm="batch"; the labels are
@@ -109,7 +110,7 @@ def subset(data, per_class):
                                splits=data.splits[keep], paths=data.paths[keep])
 
 
-def train(model, data, out_dir, config, augment, reuse):
+def train(model, data, out_dir, config, augment, reuse, weights=None):
     """``train_run``'s summary; with ``reuse``, that of a finished run already in ``out_dir``
     (same epochs, its saved epochs present) instead of training again."""
     import json
@@ -123,7 +124,29 @@ def train(model, data, out_dir, config, augment, reuse):
                 for e in config.save_epochs):
             print(f"Reusing the finished run in {out_dir}", flush=True)
             return summary
-    return train_run(model, data, out_dir, config, augment, verbose=2)[1]
+    return train_run(model, data, out_dir, config, augment, verbose=2, weights=weights)[1]
+
+
+def few_shot(data, per_class, seed=0):
+    """At most ``per_class`` training images of each class, the same subset for every model
+    and run seed (drawn once with ``seed``); val and test unchanged."""
+    rng = np.random.default_rng(seed)
+    keep = data.splits != "train"
+    for c in range(data.num_classes):
+        idx = np.flatnonzero((data.labels == c) & (data.splits == "train"))
+        keep[rng.permutation(idx)[:per_class]] = True
+    return dataclasses.replace(data, images=data.images[keep], labels=data.labels[keep],
+                               splits=data.splits[keep], paths=data.paths[keep])
+
+
+def pretrained_peer(peer, path):
+    """``peer`` with the weights of a pretrained peer (``.keras``), all but its classifier
+    (the ``Logits`` convolution), matched by layer name."""
+    source = load_model(path)
+    for layer in peer.layers:
+        if layer.weights and layer.name != "Logits":
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    return peer
 
 
 def upcycle_from(dense_summary, args):
@@ -138,7 +161,8 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     tinymoe.keras.utils.set_random_seed(seed)
     augment = AugmentConfig(crop=True, flip=True, rand_augment=args.rand_augment)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate)
+                         learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
+                         label_smoothing=args.label_smoothing)
     if args.upcycle_at:
         # One schedule for all: the dense run saves epoch N, the MoE resumes there.
         recipe = dataclasses.replace(recipe, save_epochs=(args.upcycle_at,))
@@ -169,7 +193,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     if wanted & {"dense_050", "moe_050_random", "moe_050_cluster"}:
         start = time.time()
         dense = train("mobilevit_v2_050", data, f"{out}/seed{seed}/dense_050", recipe,
-                      augment, args.reuse)
+                      augment, args.reuse, weights=args.weights)
         if "dense_050" in wanted:
             record("dense_050", dense, start, args.epochs)
         moe_config = MoEConfig(num_experts=args.experts, top_k=1)
@@ -188,6 +212,11 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
         args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
     # (dense variant, its registry name, MoE variant upcycled from it, the MoE's registry name)
+    if "mcu" in wanted:
+        start = time.time()
+        summary = train("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu", recipe, augment,
+                        args.reuse, weights=args.weights)
+        record("mcu", summary, start, args.epochs)
     for dense_name, registered, moe_name, moe_registered in (
             ("mcu_dense", "mobilevit_v2_mcu_layernorm", "mcu_moe_cluster",
              "mobilevit_v2_mcu_moe"),
@@ -199,7 +228,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
         config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
         dense = train(registered, data, f"{out}/seed{seed}/{dense_name}", config, augment,
-                      args.reuse)
+                      args.reuse, weights=args.weights)
         if dense_name in wanted:
             record(dense_name, dense, start, config.epochs)
         if moe_name in wanted:
@@ -223,6 +252,8 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         if name in wanted:
             start = time.time()
             peer = cnn_peer(data.num_classes, args.size, alpha)
+            if args.peer_weights.get(name):
+                peer = pretrained_peer(peer, args.peer_weights[name])
             summary = train(peer, data, f"{out}/seed{seed}/{name}", compare, augment,
                             args.reuse)
             record(name, summary, start, compare.epochs)
@@ -239,7 +270,11 @@ def markdown(rows, meta):
              *[f"Command: `{run['command']}` ({run['wall_s']} s, seeds {run['seeds']})  "
                for run in meta.get("runs", [meta])],
              f"Machine: {meta['machine']}  ",
-             f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}", "",
+             f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}  ",
+             f"Start: {meta.get('weights') or 'random weights'}; recipe "
+             f"{meta.get('recipe') or 'the default'}"
+             + (f"; {meta['train_per_class']} training images per species"
+                if meta.get("train_per_class") else ""), "",
              "| variant | seed | params | MACs | epochs | train img/s | val top-1 | test top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -291,7 +326,20 @@ def main(argv=None):
                              "N, MoE models upcycle from it and resume the schedule to "
                              "--epochs (--moe-epochs, --moe-learning-rate unused)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--weights", default=None,
+                        help="start the MobileViTv2 models from these shipped weights "
+                             "(tinyimagenet); the recipe then defaults to "
+                             "tinymoe.train.FINE_TUNE")
+    parser.add_argument("--peer-weights", nargs="+", default=[], metavar="VARIANT=KERAS",
+                        help="start cnn_peer / cnn_peer_100 from a pretrained peer "
+                             "(benchmarks/pretrain.py's best.keras)")
+    parser.add_argument("--train-per-class", type=int, default=0, metavar="N",
+                        help="few-shot: N training images per species (a fixed subset, "
+                             "the same for every model and seed); val and test unchanged")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak (default 2e-3, or FINE_TUNE's with --weights)")
+    parser.add_argument("--warmup-epochs", type=float, default=None)
+    parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--rand-augment", action="store_true")
     parser.add_argument("--moe-learning-rate", type=float,
                         help="peak learning rate of the fine-tuning after upcycling (default: "
@@ -318,11 +366,20 @@ def main(argv=None):
                              "part-way through a seed goes on from there)")
     parser.add_argument("--out", default="benchmarks/results/cub100_accuracy")
     args = parser.parse_args(argv)
+    from tinymoe.train import FINE_TUNE
+
+    base = FINE_TUNE if args.weights else TrainConfig()
+    for key in ("learning_rate", "warmup_epochs", "label_smoothing"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(base, key))
+    args.peer_weights = dict(item.split("=", 1) for item in args.peer_weights)
 
     start = time.time()
     data = load_dataset(args.data, args.size)
     if args.per_class:
         data = subset(data, args.per_class)
+    if args.train_per_class:
+        data = few_shot(data, args.train_per_class)
     previous_runs(args.out, args.size)  # refuses a results file of another size up front
     rows = []
 
@@ -330,7 +387,10 @@ def main(argv=None):
         # Written after every model, so a long run that stops keeps what it measured; the
         # file is read again first, so that rows other runs wrote meanwhile are kept.
         earlier, runs = previous_runs(args.out, args.size)
-        meta = run_meta(start, size=args.size, seeds=args.seeds,
+        meta = run_meta(start, size=args.size, seeds=args.seeds, weights=args.weights,
+                        recipe={key: getattr(args, key) for key in (
+                            "learning_rate", "warmup_epochs", "label_smoothing")},
+                        train_per_class=args.train_per_class or None,
                         images={s: int((data.splits == s).sum())
                                 for s in ("train", "val", "test")})
         merged = merge_rows(earlier, rows + seed_rows)
