@@ -94,3 +94,21 @@ def test_verbose_in_process_prints_the_hidden_lines_and_restores_the_loggers(cap
     assert all(line in err for line in backend.HIDDEN_LOG_LINES)
     assert err.rstrip().endswith("Model file 'missing.tflite' does not exist.")
     assert {name: logging.getLogger(name).level for name in before} == before
+
+
+def test_int8_conversion_prints_no_converter_line(capfd):
+    """The quantiser's "fully_quantize: 0, inference_type: 6, ..." goes to file descriptor 2
+    from C++ on every conversion; below the log level it is hidden like TensorFlow's own."""
+    import numpy as np
+
+    from tinymoe.backend import keras
+    from tinymoe.export import to_tflite
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    capfd.readouterr()
+    to_tflite(model, images, verify=False)
+    err = capfd.readouterr().err
+    assert "fully_quantize" not in err and "inference_type" not in err, err
+    assert any(line.startswith("fully_quantize: ") for line in backend.HIDDEN_LOG_LINES)

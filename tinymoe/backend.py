@@ -29,6 +29,9 @@ _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.\-/]+:\d+\] ")
 _SEVERITIES = "IWEF"  # the order of TF_CPP_MIN_LOG_LEVEL: 0 info, 1 warning, 2 error, 3 fatal
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
 _CONTINUATIONS = ("To enable the following instructions:",)  # cpu_feature_guard's 2nd line
+# Printed without a prefix by the converter's quantiser on every int8 conversion
+# ("fully_quantize: 0, inference_type: 6, input_inference_type: INT8, ..."): info.
+_UNPREFIXED_INFO = ("fully_quantize: ",)
 # Logged as errors, but harmless: TensorFlow goes on without a GPU, or keeps the CUDA plugin
 # (cuDNN, cuFFT, cuBLAS) it registered first. Read as warnings (hidden at level 2).
 _WARNINGS_LOGGED_AS_ERRORS = ("failed call to cuInit", "when one has already been registered")
@@ -76,12 +79,24 @@ def filter_log_text(text, min_level):
             if any(text in line for text in _WARNINGS_LOGGED_AS_ERRORS):
                 severity = min(severity, 1)
             dropping = severity < min_level
-        elif line.startswith(_ABSL_NOTICE):
+        elif line.startswith(_ABSL_NOTICE) or line.startswith(_UNPREFIXED_INFO):
             dropping = min_level > 0
         elif not (dropping and line.startswith(_CONTINUATIONS)):
             dropping = False
         (dropped.append(line.rstrip("\n")) if dropping else kept.append(line))
     return "".join(kept), dropped
+
+
+def quiet_native_logs():
+    """A context in which what C++ code writes to standard error (file descriptor 2) is
+    filtered as TensorFlow's own log lines are: hidden below ``TF_CPP_MIN_LOG_LEVEL`` (2
+    unless set; 0 with ``tinymoe --verbose``), everything else passed on.
+
+    Example:
+        >>> with quiet_native_logs():
+        ...     tflite_bytes = converter.convert()
+    """
+    return _stderr_filtered(LOG_LEVEL, HIDDEN_LOG_LINES)
 
 
 @contextlib.contextmanager

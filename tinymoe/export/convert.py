@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 
-from tinymoe.backend import tf
+from tinymoe.backend import quiet_native_logs, tf
 from tinymoe.export.check import TflmUnsupportedError, check_tflm
 
 
@@ -54,7 +54,9 @@ def to_tflite(model, representative_data, num_samples=100, verify=True):
     with warnings.catch_warnings():
         # Printed for every int8-input model; the input statistics come from calibration.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        tflite_bytes = converter.convert()
+        with quiet_native_logs():  # the quantiser's "fully_quantize: 0, ..." line
+            tflite_bytes = converter.convert()
+    tflite_bytes = floor_softmax_scales(tflite_bytes)
     if verify:
         check = check_tflm(tflite_bytes)
         if not check.ok:
@@ -62,6 +64,85 @@ def to_tflite(model, representative_data, num_samples=100, verify=True):
                 f"The converted model does not run in TFLite Micro: {check.message}",
                 check.missing_ops)
     return tflite_bytes
+
+
+# TFLite Micro's int8 SOFTMAX keeps its input differences in fixed point with this many
+# integer bits (kScaledDiffIntegerBits in softmax_common.cc) and needs the multiplier
+# beta x input scale x 2^(31 - bits) to be above 1 (QuantizeMultiplierGreaterThanOne, a
+# TFLITE_CHECK: below it, the interpreter aborts while preparing the op).
+_SOFTMAX_INTEGER_BITS = 5
+_SOFTMAX = 25
+# Ops that pass int8 values through unchanged: their input and output share one scale.
+_SAME_SCALE_OPS = {22: "RESHAPE", 39: "TRANSPOSE", 43: "SQUEEZE", 70: "EXPAND_DIMS"}
+
+
+def floor_softmax_scales(tflite_bytes):
+    """Raises the input scale of each int8 SOFTMAX to what TFLite Micro can take.
+
+    Calibration gives a softmax input a scale of a 255th of the range it saw. Logits that
+    barely vary (an untrained model, images in [0, 1] or constant, a near-uniform
+    attention) give a scale under 2^-26, at which TFLite Micro's SOFTMAX aborts the
+    whole program (see ``_SOFTMAX_INTEGER_BITS``). Such logits span less than
+    255 x 2^-25 (8e-6), so their softmax is uniform to within 1e-5, a thousandth of one
+    int8 output step (1/256): the scale is raised to 2^-25 / beta (twice the least TFLM
+    takes), the zero point kept (every value still fits: it only gets coarser), and the
+    same on every tensor the input shares its scale with through RESHAPE-like ops, so
+    that the op producing it requantises to the new scale. Models without such a softmax
+    are returned unchanged, byte for byte.
+
+    Returns:
+        the ``.tflite`` bytes.
+
+    Example:
+        >>> tflite_bytes = floor_softmax_scales(converter.convert())
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    changed = False
+    for subgraph in model.subgraphs:
+        producer, consumers = {}, {}
+        for op in subgraph.operators:
+            for index in op.outputs:
+                producer[index] = op
+            for index in op.inputs:
+                consumers.setdefault(index, []).append(op)
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] != _SOFTMAX:
+                continue
+            beta = float(getattr(op.builtinOptions, "beta", 1.0) or 1.0)
+            quantization = subgraph.tensors[op.inputs[0]].quantization
+            if quantization is None or quantization.scale is None:
+                continue  # a float softmax
+            floor = 2.0 ** -(30 - _SOFTMAX_INTEGER_BITS) / beta
+            if float(quantization.scale[0]) >= floor:
+                continue
+            for index in _same_scale_group(op.inputs[0], producer, consumers, codes):
+                subgraph.tensors[index].quantization.scale = np.array([floor], np.float32)
+            changed = True
+    if not changed:
+        return tflite_bytes
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _same_scale_group(start, producer, consumers, codes):
+    """Tensor ``start`` and those joined to it through ops that keep the int8 values."""
+    group, todo = {start}, [start]
+    while todo:
+        index = todo.pop()
+        linked = []
+        op = producer.get(index)
+        if op is not None and codes[op.opcodeIndex] in _SAME_SCALE_OPS:
+            linked.append(op.inputs[0])
+        for op in consumers.get(index, ()):
+            if codes[op.opcodeIndex] in _SAME_SCALE_OPS:
+                linked.extend(op.outputs)
+        for other in linked:
+            if other not in group:
+                group.add(other)
+                todo.append(other)
+    return group
 
 
 def _calibration_images(data, image_shape, num_samples):
