@@ -43,17 +43,22 @@ def two_expert_model():
 
 
 def test_a_router_that_sends_every_patch_to_one_expert_gets_room_for_all_of_them(
-        two_expert_model):
+        two_expert_model, capfd):
     model, images = two_expert_model
     layer = moe_layers(model)[KEY]
     layer.router_kernel.assign(np.zeros(layer.router_kernel.shape, np.float32))
     layer.router_bias.assign([4.0, -4.0])
     experts = read_routing(model, images)[KEY]["experts"][..., 0]
     assert np.all(experts == 0)
-    _, report = calibrate_capacity(model, images, images[:16], progress=False)
+    capfd.readouterr()
+    _, report = calibrate_capacity(model, images, images[:16], progress=True)
     chosen = report.layers[KEY]
     # Factor 1.0 (2 slots) and 1.5 (3) drop patches; only 2.0 (4 slots) holds all four.
     assert [f for f, _ in chosen["tried"]] == [1.0, 1.5, 2.0]
+    # The bar counts int8 models against a total and ends full: the masked model, three
+    # factors, one check in TFLite Micro.
+    bar = capfd.readouterr().err
+    assert "calibrating expert capacity" in bar and "5/5" in bar and "int8 model" in bar, bar
     assert all(agreement < 0.98 for _, agreement in chosen["tried"][:2])
     assert chosen["capacity_factor"] == 2.0 and chosen["slots"] == 4
     assert report.reached and report.agreement >= 0.98

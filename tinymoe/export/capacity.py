@@ -142,7 +142,13 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
         return to_tflite(with_dispatch(model, "sparse", factors), calibration_images,
                          verify=False)
 
-    bar = tqdm(desc="calibrating expert capacity", unit="model", disable=not progress)
+    # Steps: the masked model, each factor tried per layer (the search stops at the first
+    # that agrees), and each check in TFLite Micro (the first, then the last layer's larger
+    # factors, which the search did not try): at most this many, each an int8 model.
+    most = 2 + sum(len(capacity_grid(layer.dispatch_units(), layer.num_experts, low, high))
+                   for layer in layers.values())
+    bar = tqdm(total=most, desc="calibrating expert capacity", unit="int8 model",
+               disable=not progress)
     masked = to_tflite(with_dispatch(model, "masked"), calibration_images)
     reference = top1(masked)
     bar.update()
@@ -183,6 +189,8 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
         chosen = convert(factors)
         report[key].update(capacity_factor=factors[key],
                            slots=expert_capacity(factors[key], units, experts))
+    bar.total = bar.n  # it stopped early: done
+    bar.refresh()
     bar.close()
     check = check_tflm(chosen)
     if not check.ok:
