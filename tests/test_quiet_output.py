@@ -112,3 +112,35 @@ def test_int8_conversion_prints_no_converter_line(capfd):
     err = capfd.readouterr().err
     assert "fully_quantize" not in err and "inference_type" not in err, err
     assert any(line.startswith("fully_quantize: ") for line in backend.HIDDEN_LOG_LINES)
+
+
+def test_training_into_a_file_writes_one_line_per_epoch(tmp_path):
+    """`tinymoe train ... > log.txt`: Keras's per-step bar only on a terminal."""
+    import io
+
+    from tinymoe.commands import keras_verbosity
+
+    assert keras_verbosity(io.StringIO()) == 2
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert keras_verbosity(Terminal()) == 1
+    from tinymoe.backend import keras
+
+    inputs = keras.Input((32, 32, 3))
+    tiny = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(
+        keras.layers.AveragePooling2D(8)(inputs))))
+    tiny.save(tmp_path / "tiny.keras")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:
+        result = subprocess.run(
+            [os.path.join(BIN, "tinymoe"), "train", "--model", str(tmp_path / "tiny.keras"),
+             "--epochs", "2", "--out", str(tmp_path / "run")],
+            stdout=handle, stderr=subprocess.PIPE, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = log.read_text()
+    assert "\r" not in text and "\b" not in text
+    epochs = [line for line in text.splitlines() if " - loss: " in line]
+    assert len(epochs) == 2, text[:2000]

@@ -7,6 +7,7 @@ Each ``run_<command>(args)`` returns the exit status; bad input raises ``ValueEr
 
 import json
 import os
+import sys
 
 
 def run_models(args):
@@ -47,6 +48,22 @@ def _augment(name):
             "strong": AugmentConfig(rand_augment=True, mixup_alpha=0.2, cutmix_alpha=1.0)}[name]
 
 
+def keras_verbosity(stream=None):
+    """Keras fit's ``verbose`` for output to ``stream`` (standard output): 1, the per-step
+    progress bar, on a terminal; 2, one line per epoch, into a file or a pipe (a bar there
+    is hundreds of KB of carriage returns per run).
+
+    Example:
+        >>> keras_verbosity()  # in `tinymoe train ... > log.txt`
+        2
+    """
+    stream = sys.stdout if stream is None else stream
+    try:
+        return 1 if stream.isatty() else 2
+    except (AttributeError, ValueError):
+        return 2
+
+
 def run_train(args):
     """Trains a model (``tinymoe train``) and prints its summary.
 
@@ -73,7 +90,7 @@ def run_train(args):
                          weight_decay=args.weight_decay, initial_epoch=args.initial_epoch,
                          save_epochs=tuple(args.save_epochs), **chosen)
     _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
-                           train_dispatch=args.train_dispatch,
+                           verbose=keras_verbosity(), train_dispatch=args.train_dispatch,
                            capacity_factor=args.capacity_factor, distribute=strategy,
                            weights=args.weights)
     print(json.dumps(summary, indent=2))
@@ -131,7 +148,8 @@ def run_optimize(args):
                               prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               augment=_augment(args.augment), prune_router=args.prune_router,
-                              dispatch=args.dispatch, capacity_factor=args.capacity_factor)
+                              dispatch=args.dispatch, capacity_factor=args.capacity_factor,
+                              verbose=keras_verbosity())
     print(json.dumps(summary, indent=2))
     return 0
 
