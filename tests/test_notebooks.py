@@ -14,7 +14,12 @@ NAMES = ("01_train_and_upcycle.ipynb", "02_optimize_and_export.ipynb")
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebooks_are_committed_without_outputs(name):
-    book = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    import warnings
+
+    with warnings.catch_warnings():  # e.g. MissingIDFieldWarning: a cell without an id
+        warnings.simplefilter("error")
+        book = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    nbformat.validate(book)
     code = [cell for cell in book.cells if cell.cell_type == "code"]
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
     assert not any("def " in cell.source or "class " in cell.source for cell in code), \

@@ -17,7 +17,7 @@ def run_models(args):
         >>> run_models(build_parser().parse_args(["models", "--json"]))
         0
     """
-    from tinymoe.models.summary import format_table, summarize_models
+    from tinymoe.zoo import format_table, summarize_models
 
     rows = summarize_models(args.model or None, args.input_size, args.num_classes)
     if args.json:

@@ -1,4 +1,7 @@
-"""One row per registered model: size, compute, and whether its int8 form runs in TFLM."""
+"""The `tinymoe models` table: one row per registered model, its size, compute, whether its
+int8 form runs in TFLM, and its pretrained weights. It converts and checks models, so it
+sits above both tinymoe.models and tinymoe.export (nothing in tinymoe.models imports
+export)."""
 
 import numpy as np
 from tqdm.auto import tqdm
