@@ -129,3 +129,31 @@ def test_dataset_batches_one_hot_labels_and_augments_within_range():
     np.testing.assert_allclose(np.sum(labels, 1), 1.0, rtol=1e-5)  # MixUp keeps a distribution
     with pytest.raises(ValueError, match="40 images but 39 labels"):
         make_dataset(x[:40], y[:39], 10)
+
+
+def test_images_that_look_normalised_get_a_plain_warning_where_they_enter():
+    """Photos already divided by 255 reach a tinymoe model as near-black pictures."""
+    import warnings
+
+    from tinymoe.augment import make_dataset
+    from tinymoe.backend import keras
+    from tinymoe.data import warn_if_normalised
+    from tinymoe.evaluation import keras_logits, tflite_logits
+    from tinymoe.export import to_tflite
+
+    rng = np.random.default_rng(0)
+    unit = rng.random((4, 8, 8, 3)).astype(np.float32)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    with pytest.warns(UserWarning, match=r"to_tflite .*look.* normalised.*\[0, 255\]"):
+        tflite_bytes = to_tflite(model, unit)
+    for call, where in ((lambda: keras_logits(model, unit), "the Keras model"),
+                        (lambda: tflite_logits(tflite_bytes, unit), "the int8 model"),
+                        (lambda: make_dataset(unit, np.zeros(4, int), 3), "make_dataset")):
+        with pytest.warns(UserWarning, match=f"{where}: the images' values lie in"):
+            call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pixels, uint8 and blank images are not flagged
+        for fine in (unit * 255, (unit * 255).astype(np.uint8), np.zeros_like(unit)):
+            assert not warn_if_normalised(fine, "test")
+        keras_logits(model, unit * 255)

@@ -154,6 +154,9 @@ def make_dataset(images, labels, num_classes, batch_size=32, training=False, aug
         raise ValueError(f"{len(images)} images but {len(labels)} labels.")
     if len(images) == 0:
         raise ValueError("No images to make a dataset from.")
+    from tinymoe.data import warn_if_normalised
+
+    warn_if_normalised(images, "make_dataset")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)

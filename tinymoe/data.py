@@ -59,6 +59,39 @@ class ImageData:
         return len(self.class_names)
 
 
+def warn_if_normalised(images, where):
+    """Warns, in plain words, when float images look scaled to [0, 1].
+
+    tinymoe models take pixel values in [0, 255] (their first layer divides by 255), as the
+    data loaders give them. Images already divided by 255 reach the model as near-black
+    pictures: it still runs, with wrong answers. Integer images are never flagged, nor
+    all-zero ones.
+
+    Args:
+        images: array-like ``[N, H, W, C]`` (a tensor or a dataset is not read).
+        where: what received them, for the message (e.g. "to_tflite").
+
+    Returns:
+        True if it warned.
+
+    Example:
+        >>> warn_if_normalised(x / 255.0, "evaluate")  # UserWarning: ... [0, 255] ...
+        True
+    """
+    if not isinstance(images, np.ndarray) or not np.issubdtype(images.dtype, np.floating):
+        return False
+    if not images.size:
+        return False
+    low, high = float(np.min(images)), float(np.max(images))
+    if not (0.0 < high <= 1.0 and low >= -1.0):
+        return False
+    warnings.warn(f"{where}: the images' values lie in [{low:.3g}, {high:.3g}], which looks "
+                  f"normalised; tinymoe models take pixel values in [0, 255] (they divide by "
+                  f"255 themselves). Multiply the images by 255, or pass the uint8 pixels.",
+                  UserWarning, stacklevel=3)
+    return True
+
+
 def scan_image_folder(image_dir, split_file=None, val_fraction=0.15, test_fraction=0.15):
     """Lists an image-folder tree (one folder per class) and assigns each file a split.
 

@@ -9,6 +9,7 @@ images loaded the same way, so the two report the same top-1.
 import numpy as np
 from tqdm.auto import tqdm
 
+from tinymoe.data import warn_if_normalised
 from tinymoe.files import atomic_path
 
 TFLM_CHUNK = 64  # images per TFLite Micro interpreter (a fresh one per chunk; see tflite_logits)
@@ -21,6 +22,7 @@ def keras_logits(model, images, batch_size=64, progress=False):
         >>> keras_logits(model, x_val).shape
         (269, 10)
     """
+    warn_if_normalised(images, "the Keras model")
     starts = range(0, len(images), batch_size)
     batches = [model(np.asarray(images[i:i + batch_size], np.float32), training=False).numpy()
                for i in tqdm(starts, desc="running the model", unit="batch",
@@ -40,6 +42,7 @@ def tflite_logits(tflite_bytes, images, progress=False):
     """
     from tinymoe.export import tflm_invoke
 
+    warn_if_normalised(images, "the int8 model")
     images = np.asarray(images, np.float32)
     starts = range(0, len(images), TFLM_CHUNK)
     chunks = [tflm_invoke(tflite_bytes, images[i:i + TFLM_CHUNK])

@@ -41,6 +41,9 @@ def to_tflite(model, representative_data, num_samples=100, verify=True):
         model = strip_quantization(model)
     shape = [1] + [int(d) for d in model.input_shape[1:]]
     samples = _calibration_images(representative_data, shape[1:], num_samples)
+    from tinymoe.data import warn_if_normalised
+
+    warn_if_normalised(samples, "to_tflite (calibration images)")
     function = tf.function(lambda x: model(x, training=False))
     concrete = function.get_concrete_function(tf.TensorSpec(shape, tf.float32))
     # Without the trackable object the converter freezes the captured variables directly:
