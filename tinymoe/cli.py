@@ -29,6 +29,13 @@ def _add_classifier_args(parser, labels_fallback):
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_seed_arg(parser):
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="seed initialisation, shuffling, augmentation and dropout, and use "
+                             "TensorFlow's deterministic kernels, so that two runs on one "
+                             "machine give the same model (default: unseeded)")
+
+
 def _capacity_factor(value):
     """``--capacity-factor``: "auto" or a positive number."""
     if value == "auto":
@@ -134,6 +141,7 @@ def build_parser():
                             "global batch is batch-size x replicas and the peak learning rate "
                             "learning-rate x replicas (linear scaling); summary.json records "
                             "both (default: none, one device)")
+    _add_seed_arg(train)
     train.set_defaults(run=commands.run_train)
 
     upcycle = subcommands.add_parser(
@@ -203,6 +211,7 @@ def build_parser():
                           help="MoE inference form in model.tflite (default: sparse)")
     optimize.add_argument("--capacity-factor", type=_capacity_factor, default="auto",
                           help=CAPACITY_HELP)
+    _add_seed_arg(optimize)
     optimize.set_defaults(run=commands.run_optimize)
 
     report = subcommands.add_parser(

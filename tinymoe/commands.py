@@ -48,6 +48,14 @@ def _augment(name):
             "strong": AugmentConfig(rand_augment=True, mixup_alpha=0.2, cutmix_alpha=1.0)}[name]
 
 
+def _repeatable(seed):
+    """``--seed``: TensorFlow's deterministic kernels too (the seeds are set by the run)."""
+    if seed is not None:
+        from tinymoe.backend import tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def keras_verbosity(stream=None):
     """Keras fit's ``verbose`` for output to ``stream`` (standard output): 1, the per-step
     progress bar, on a terminal; 2, one line per epoch, into a file or a pipe (a bar there
@@ -77,6 +85,7 @@ def run_train(args):
 
     # First: a multi-worker strategy must exist before TensorFlow does any other work.
     strategy = distribution_strategy(args.distribute)
+    _repeatable(args.seed)
     if args.weights is not None:  # refused before the data loads, naming what there is
         from tinymoe.weights import check_input_shape, weights_card
 
@@ -92,7 +101,7 @@ def run_train(args):
     _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
                            verbose=keras_verbosity(), train_dispatch=args.train_dispatch,
                            capacity_factor=args.capacity_factor, distribute=strategy,
-                           weights=args.weights)
+                           weights=args.weights, seed=args.seed)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -143,13 +152,14 @@ def run_optimize(args):
     from tinymoe.data import load_dataset
     from tinymoe.pipeline import optimize_run
 
+    _repeatable(args.seed)
     data = load_dataset(args.data, args.input_size)
     _, summary = optimize_run(args.model, data, args.out, sparsity=args.sparsity,
                               prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               augment=_augment(args.augment), prune_router=args.prune_router,
                               dispatch=args.dispatch, capacity_factor=args.capacity_factor,
-                              verbose=keras_verbosity())
+                              verbose=keras_verbosity(), seed=args.seed)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -131,7 +131,7 @@ def _model_to_train(model, data, weights=None):
 
 
 def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
-              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None, weights=None):
+              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None, weights=None, seed=None):
     """Trains ``model`` (a registry name, a ``.keras`` path or a model) on ``data``.
 
     Writes ``best.keras`` (best validation accuracy), ``labels.txt``, ``log.csv`` and
@@ -148,6 +148,11 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     worker runs this with the same arguments; only the chief (worker 0) writes ``out_dir``,
     and the others return ``(model, {"chief": False, ...})``.
 
+    ``seed`` seeds initialisation, shuffling, augmentation and dropout (Python, NumPy and
+    TensorFlow, :func:`keras.utils.set_random_seed`): two runs with one seed on one
+    machine give the same model where TensorFlow's kernels are deterministic (``tinymoe
+    train --seed`` also turns on ``tf.config.experimental.enable_op_determinism``).
+
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
 
@@ -163,10 +168,12 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     replicas = strategy.num_replicas_in_sync
     config = dataclasses.replace(config, batch_size=config.batch_size * replicas,
                                  learning_rate=config.learning_rate * replicas)
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
-                         training=True, augment=augment)
+                         training=True, augment=augment, seed=int(seed or 0))
     val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
     chief = is_chief(strategy)
     with strategy.scope(), tempfile.TemporaryDirectory() as scratch:
@@ -190,6 +197,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         **profile(best),
         "model": model.name,
         "weights": weights,
+        "seed": seed,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
         "replicas": replicas,
@@ -350,7 +358,8 @@ def calibrate_moe_capacity(model, calibration, x_val, x_train, progress=True):
 
 def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
                  batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
-                 calibration_images=200, dispatch="sparse", capacity_factor="auto", verbose=1):
+                 calibration_images=200, dispatch="sparse", capacity_factor="auto", verbose=1,
+                 seed=None):
     """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
 
     The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
@@ -379,6 +388,8 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     from tinymoe.optimize import (prune, pruning_callbacks, quantize_aware, sparsity_report,
                                   strip_pruning, strip_quantization)
 
+    if seed is not None:  # as train_run's seed: the pruning, QAT data order and augmentation
+        keras.utils.set_random_seed(int(seed))
     if isinstance(model, str):
         model = load_model(model)
     os.makedirs(out_dir, exist_ok=True)
@@ -387,7 +398,7 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     if not len(x_val):
         x_val, y_val = x_train, y_train  # a folder without a split file or val images
     train = make_dataset(x_train, y_train, data.num_classes, batch_size, training=True,
-                         augment=augment)
+                         augment=augment, seed=int(seed or 0))
     steps = int(train.cardinality().numpy())
     summary = {"float_top1": evaluate(model, x_val, y_val, data.num_classes),
                "sparsity_target": float(sparsity), "prune_epochs": 0, "qat_epochs": 0}
