@@ -1,5 +1,7 @@
 """Pruning and quantisation-aware training (tfmot) through conversion and TFLite Micro."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,54 @@ def test_qat_int8_model_agrees_with_litert_op_by_op(digits_qat):
     converted = strip_quantization(qat)
     float_lsb = converted(x_eval[:16], training=False).numpy() / out_scale + out_zero
     assert np.abs(tflm - litert).max() <= np.abs(litert - float_lsb).max()
+
+
+class _Stop(Exception):
+    """A run that ends part-way (a session that closes, a machine that stops)."""
+
+
+def test_a_stopped_qat_run_resumes_from_its_last_epoch(tmp_path):
+    """optimize_run backs QAT up after each epoch; run again with the same out_dir, it
+    restores the weights, the quantiser ranges and the optimizer, and trains only the
+    epochs left."""
+    from tinymoe.pipeline import QAT_BACKUP, optimize_run
+
+    data = load_dataset("digits", SIZE, progress=False)
+    keep = np.concatenate([np.flatnonzero(data.splits == s)[:n]
+                           for s, n in (("train", 64), ("val", 32))])
+    data.images, data.labels = data.images[keep], data.labels[keep]
+    data.splits, data.paths = data.splits[keep], data.paths[keep]
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(
+        keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(x)))
+    at_stop = {}
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            at_stop["weights"] = [w.numpy().copy() for w in self.model.weights]
+            raise _Stop()
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs, self.start = [], None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs.append(epoch)
+            if self.start is None:  # what training goes on from
+                self.start = [w.numpy().copy() for w in self.model.weights]
+
+    kwargs = dict(qat_epochs=3, calibration_images=16, verbose=0)
+    with pytest.raises(_Stop):
+        optimize_run(model, data, str(tmp_path), callbacks=[StopAfterFirstEpoch()], **kwargs)
+    assert not (tmp_path / "model.tflite").exists()
+    record = Record()
+    _, summary = optimize_run(model, data, str(tmp_path), callbacks=[record], **kwargs)
+    assert record.epochs == [1, 2]  # epoch 0 was done before the stop
+    names = [w.name for w in model.weights]
+    assert len(record.start) == len(at_stop["weights"]) > len(names)  # + quantiser ranges
+    for resumed, stopped in zip(record.start, at_stop["weights"]):
+        np.testing.assert_array_equal(resumed, stopped)  # restored exactly
+    assert summary["qat_epochs"] == 3 and (tmp_path / "model.tflite").exists()
+    assert not any(files for _, _, files in os.walk(tmp_path / QAT_BACKUP))  # cleared

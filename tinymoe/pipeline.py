@@ -35,6 +35,7 @@ def load_model(path):
 
 
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
+QAT_BACKUP = "qat_backup"  # optimize_run's per-epoch QAT checkpoint folder
 
 
 def distribution_strategy(distribute=None):
@@ -359,7 +360,7 @@ def calibrate_moe_capacity(model, calibration, x_val, x_train, progress=True):
 def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
                  batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
                  calibration_images=200, dispatch="sparse", capacity_factor="auto", verbose=1,
-                 seed=None):
+                 seed=None, callbacks=()):
     """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
 
     The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
@@ -374,7 +375,10 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
 
     Writes into ``out_dir``: ``pruned.keras`` (if pruned), ``optimized.keras`` (the float
     model with the weights the int8 model holds), ``model.tflite``, ``labels.txt``,
-    ``summary.json``.
+    ``summary.json``. QAT backs up after every epoch into ``out_dir/qat_backup``: a run
+    stopped during QAT, started again with the same arguments, goes on from the last
+    finished epoch (after pruning, from ``pruned.keras``). ``callbacks`` are added to the
+    QAT fit.
 
     Returns:
         (tflite bytes, summary dict).
@@ -403,7 +407,14 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     summary = {"float_top1": evaluate(model, x_val, y_val, data.num_classes),
                "sparsity_target": float(sparsity), "prune_epochs": 0, "qat_epochs": 0}
     start = time.time()
-    if sparsity > 0 and prune_epochs > 0:
+    resuming_qat = qat_epochs > 0 and any(
+        files for _, _, files in os.walk(os.path.join(out_dir, QAT_BACKUP)))  # emptied at the end
+    if sparsity > 0 and prune_epochs > 0 and resuming_qat and os.path.isfile(
+            os.path.join(out_dir, "pruned.keras")):
+        model = load_model(os.path.join(out_dir, "pruned.keras"))  # pruned before the stop
+        summary.update(prune_epochs=prune_epochs, sparsity=sparsity_report(model)["sparsity"],
+                       pruned_top1=evaluate(model, x_val, y_val, data.num_classes))
+    elif sparsity > 0 and prune_epochs > 0:
         pruned = prune(model, sparsity, end_step=max(1, int(0.7 * prune_epochs * steps)),
                        frequency=max(1, steps // 4), prune_router=prune_router)
         config = TrainConfig(epochs=prune_epochs, batch_size=batch_size,
@@ -418,7 +429,12 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         qat = quantize_aware(model, preserve_sparsity=sparsity > 0)
         config = TrainConfig(epochs=qat_epochs, batch_size=batch_size,
                              learning_rate=learning_rate, warmup_epochs=0)
-        fit(qat, train, None, config, verbose=verbose)
+        # A QAT model cannot go through a .keras file (tfmot's input quantiser does not
+        # load again); its weights, quantiser ranges, optimizer and epoch are backed up
+        # as a TensorFlow checkpoint after every epoch instead, and a run started again
+        # with the same out_dir resumes from the last finished epoch.
+        backup = keras.callbacks.BackupAndRestore(os.path.join(out_dir, QAT_BACKUP))
+        fit(qat, train, None, config, verbose=verbose, callbacks=[backup, *callbacks])
         model = strip_quantization(qat)
         summary["qat_epochs"] = qat_epochs
     with atomic_path(os.path.join(out_dir, "optimized.keras")) as tmp:
