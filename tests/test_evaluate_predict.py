@@ -76,13 +76,42 @@ def test_accuracy_report_counts_what_it_says():
     assert report["top5"] == pytest.approx(4 / 5)
     assert report["per_class"] == {"a": {"images": 2, "top1": 0.5},
                                    "c": {"images": 3, "top1": 0.3333}}
-    assert report["confusion"]["classes"] == ["a", "b", "c"]  # d, e, f: no images, no votes
-    assert report["confusion"]["matrix"] == [[1, 1, 0], [0, 0, 0], [0, 2, 1]]
+    # Rows: the classes with images; columns: those predicted (d, e, f: neither).
+    assert report["confusion"]["rows"] == ["a", "c"]
+    assert report["confusion"]["columns"] == ["a", "b", "c"]
+    assert report["confusion"]["matrix"] == [[1, 1, 0], [0, 2, 1]]
     assert report["confused_pairs"] == [
         {"true": "c", "predicted": "b", "images": 2, "share": 0.6667},
         {"true": "a", "predicted": "b", "images": 1, "share": 0.5}]
     with pytest.raises(ValueError, match="6 class names for model outputs of shape"):
         accuracy_report(logits[:, :5], labels, names)
+
+
+def test_confusion_figure_of_some_species_has_their_rows_and_names(tmp_path):
+    """36 of a model's 100 species in the data, 40 predicted: 36 rows, 40 columns, all
+    named; past 60 a side, the most confused block."""
+    from tinymoe.evaluation import confusion_block, plot_confusion
+
+    names = [f"species {i}" for i in range(100)]
+    labels = np.repeat(np.arange(36), 3)
+    logits = np.zeros((len(labels), 100))
+    logits[np.arange(len(labels)), labels] = 5.0  # right ...
+    logits[np.arange(12), 36 + np.arange(12) % 4] = 9.0  # ... but species 0-3: 36-39
+    report = accuracy_report(logits, labels, names)
+    rows, columns, shares, note = confusion_block(report["confusion"])
+    assert rows == names[:36] and columns == names[4:40] and note == ""
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    path = plot_confusion(report["confusion"], str(tmp_path / "c.png"))
+    assert open(path, "rb").read(8) == PNG_SIGNATURE
+    # 80 species, each confused with the next, and one pair confused far more often.
+    big = np.zeros((80, 80), int)
+    for i in range(80):
+        big[i, i], big[i, (i + 1) % 80] = 5, 1
+    big[7, 50] = 30
+    wide = {"rows": names[:80], "columns": names[:80], "matrix": big.tolist()}
+    rows, columns, shares, note = confusion_block(wide, limit=60)
+    assert len(rows) == len(columns) == 60 and "60 of 80 true classes" in note
+    assert {"species 7", "species 50"} <= set(rows) & set(columns)
 
 
 def test_evaluate_keras_on_digits_writes_figure_and_matches_training(trained, tmp_path,

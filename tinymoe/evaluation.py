@@ -87,8 +87,9 @@ def accuracy_report(logits, labels, class_names, worst_pairs=10):
     Returns:
         dict: ``images``, ``top1``, ``top5`` (the true class among the 5 highest scores;
         1.0 when the model has 5 classes or fewer), ``per_class`` (name -> {images, top1}
-        for each class with images), ``confusion`` (rows: true class, columns: predicted,
-        both over ``classes``: the classes with images or predictions), ``confused_pairs``.
+        for each class with images), ``confusion`` (``matrix`` with a row for each class
+        that has images, ``rows``, and a column for each class predicted, ``columns``),
+        ``confused_pairs``.
 
     Example:
         >>> report = accuracy_report(logits, y_test, ["finch", "robin", "wren"])
@@ -106,10 +107,10 @@ def accuracy_report(logits, labels, class_names, worst_pairs=10):
     top5 = (1.0 if num_classes <= 5 else
             float(top_k_accuracy_score(labels, logits, k=5, labels=every)))
     matrix = confusion_matrix(labels, predicted, labels=every)
-    shown = np.flatnonzero(matrix.sum(axis=1) + matrix.sum(axis=0))
+    rows, columns = np.flatnonzero(matrix.sum(axis=1)), np.flatnonzero(matrix.sum(axis=0))
     per_class = {class_names[c]: {"images": int(matrix[c].sum()),
                                   "top1": round(float(matrix[c, c] / matrix[c].sum()), 4)}
-                 for c in shown if matrix[c].sum()}
+                 for c in rows}
     off_diagonal = matrix * (1 - np.eye(num_classes, dtype=matrix.dtype))
     order = np.argsort(-off_diagonal, axis=None, kind="stable")[:worst_pairs]
     pairs = [{"true": class_names[t], "predicted": class_names[p],
@@ -118,33 +119,83 @@ def accuracy_report(logits, labels, class_names, worst_pairs=10):
              for t, p in zip(*np.unravel_index(order, matrix.shape)) if off_diagonal[t, p]]
     return {"images": int(len(labels)), "top1": float(np.mean(predicted == labels)),
             "top5": top5, "per_class": per_class,
-            "confusion": {"classes": [class_names[c] for c in shown],
-                          "matrix": matrix[np.ix_(shown, shown)].tolist()},
+            "confusion": {"rows": [class_names[c] for c in rows],
+                          "columns": [class_names[c] for c in columns],
+                          "matrix": matrix[np.ix_(rows, columns)].tolist()},
             "confused_pairs": pairs}
+
+
+# Names stay readable on the axes up to this many classes; beyond, the most confused block.
+READABLE_CLASSES = 60
+
+
+def confusion_block(confusion, limit=READABLE_CLASSES):
+    """The part of a confusion matrix a figure can label: all of it when it has at most
+    ``limit`` rows and columns, else the most confused block (the ``limit`` classes with
+    the most errors, as the true class or as the prediction).
+
+    Returns:
+        (row names, column names, shares of each row's images ``[rows, columns]``, a note
+        saying what was left out, or "").
+
+    Example:
+        >>> rows, columns, shares, note = confusion_block(report["confusion"])
+    """
+    matrix = np.asarray(confusion["matrix"], np.int64).reshape(
+        len(confusion["rows"]), len(confusion["columns"]))
+    rows, columns = list(confusion["rows"]), list(confusion["columns"])
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    if max(len(rows), len(columns)) <= limit:
+        return rows, columns, shares, ""
+    errors = dict.fromkeys(rows + columns, 0)
+    for i, true in enumerate(rows):
+        for j, guess in enumerate(columns):
+            if true != guess:
+                errors[true] += matrix[i, j]
+                errors[guess] += matrix[i, j]
+    worst = set(sorted(errors, key=lambda name: -errors[name])[:limit])
+    keep_rows = [i for i, name in enumerate(rows) if name in worst]
+    keep_columns = [j for j, name in enumerate(columns) if name in worst]
+    note = (f"the most confused block: {len(keep_rows)} of {len(rows)} true classes, "
+            f"{len(keep_columns)} of {len(columns)} predicted")
+    return ([rows[i] for i in keep_rows], [columns[j] for j in keep_columns],
+            shares[np.ix_(keep_rows, keep_columns)], note)
 
 
 def plot_confusion(confusion, path, title=""):
     """Writes the confusion matrix of :func:`accuracy_report` as a PNG figure.
 
-    Each row (a true class) is shown as shares of its images, printed in the cells when
-    there are at most 20 classes; the class names label the axes up to 60 classes.
+    A row for each true class with images, a column for each class predicted, class names
+    on both axes; each row is shown as shares of its images, printed in the cells when
+    both sides have at most 20 classes. Past :data:`READABLE_CLASSES` rows or columns, the
+    figure shows the most confused block: the classes with the most errors (as the true
+    class or as the prediction), and says so in its title.
 
     Example:
         >>> plot_confusion(report["confusion"], "runs/eval/confusion_matrix.png")
     """
     from matplotlib.figure import Figure
-    from sklearn.metrics import ConfusionMatrixDisplay
 
-    matrix, names = np.asarray(confusion["matrix"]), confusion["classes"]
-    rows = matrix.sum(axis=1, keepdims=True)
-    shares = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    side = min(24.0, max(5.0, 0.3 * len(names) + 2.5))
-    figure = Figure(figsize=(side, side))
+    rows, columns, shares, note = confusion_block(confusion)
+    width = min(24.0, max(5.0, 0.3 * len(columns) + 3.0))
+    height = min(24.0, max(4.0, 0.3 * len(rows) + 2.5))
+    figure = Figure(figsize=(width, height))
     axes = figure.add_subplot()
-    display = ConfusionMatrixDisplay(shares, display_labels=names if len(names) <= 60 else None)
-    display.plot(ax=axes, include_values=len(names) <= 20, values_format=".2f", cmap="Blues",
-                 xticks_rotation="vertical", colorbar=len(names) > 20)
-    axes.set_title(title or "share of each true class's images", fontsize=9)
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
+                        interpolation="nearest")
+    axes.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    axes.set_yticks(range(len(rows)), rows, fontsize=7)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if len(rows) <= 20 and len(columns) <= 20:
+        for i in range(len(rows)):
+            for j in range(len(columns)):
+                value = shares[i, j]
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if value > 0.5 else "black")
+    figure.colorbar(image, ax=axes, fraction=0.04, label="share of the true class's images")
+    axes.set_title((title or "share of each true class's images")
+                   + (f"\n{note}" if note else ""), fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
