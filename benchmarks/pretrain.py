@@ -1,7 +1,8 @@
 """Pretraining on Tiny ImageNet-200: the backbones whose weights tinymoe ships.
 
-The data: Tiny ImageNet-200 (200 ImageNet classes, 500 training and 50 validation JPEGs each,
-64x64), from the public GitHub repository rangeetpan/IMagenet. Its terms are ImageNet's:
+The data: Tiny ImageNet-200 (ImageNet classes, 500 training and 50 validation JPEGs each,
+64x64), from the public GitHub repository rangeetpan/IMagenet; that copy holds 202 classes
+(101,000 training, 10,100 validation images), all of which are used. Its terms are ImageNet's:
 non-commercial research and education. Never commit the images. To get it:
     fetch github:rangeetpan/IMagenet          # the tool library's fetch; prints <mirror>
     git --git-dir=<mirror> archive HEAD tiny-imagenet-200 | tar -x -C /work/data
@@ -203,6 +204,30 @@ def resumable_callbacks(run_dir, save_epochs):
             EpochCheckpoint(run_dir, save_epochs)]
 
 
+def write_report(run_dir, out):
+    """``out.json`` and ``out.md``: a finished run's summary and its per-epoch log."""
+    from common import write_results
+
+    with open(os.path.join(run_dir, "summary.json")) as handle:
+        summary = json.load(handle)
+    log = np.atleast_1d(np.genfromtxt(os.path.join(run_dir, "log.csv"), delimiter=",",
+                                      names=True))
+    epochs = [{key: round(float(row[key]), 4) for key in log.dtype.names} for row in log]
+    lines = [f"# Pretraining {summary['model']} on Tiny ImageNet-200 "
+             f"({summary['size']}x{summary['size']})", "",
+             f"Command: `{summary['command']}`  ",
+             f"Machine: {summary['machine']}; wall time {summary['wall_s']} s  ",
+             f"Data: {SOURCE}: {summary['train_images']:,} training and "
+             f"{summary['val_images']:,} validation images  ",
+             f"Best epoch {summary['best_epoch']}: val top-1 {summary['val_top1']:.4f}", "",
+             "| epoch | train top-1 | train loss | val top-1 | val loss |",
+             "|---|---|---|---|---|"]
+    for row in epochs:
+        lines.append(f"| {int(row['epoch']) + 1} | {row['accuracy']:.4f} | {row['loss']:.3f} |"
+                     f" {row['val_accuracy']:.4f} | {row['val_loss']:.3f} |")
+    write_results(out, {"meta": summary, "epochs": epochs}, "\n".join(lines) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the tiny-imagenet-200 folder")
@@ -222,17 +247,26 @@ def main(argv=None):
     parser.add_argument("--max-train", type=int, default=0, help="smoke runs: images used")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/pretrain")
+    parser.add_argument("--results", default=None, metavar="OUT",
+                        help="results file stem (default: benchmarks/results/"
+                             "pretrain_tinyimagenet_<model>)")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the finished run's results files")
     parser.add_argument("--ship", action="store_true",
                         help="only write the finished run's weights into tinymoe/weights/")
     args = parser.parse_args(argv)
 
+    run_dir = os.path.join(args.out, args.model)
+    results = args.results or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                           "results", f"pretrain_tinyimagenet_{args.model}")
+    if args.report:
+        return write_report(run_dir, results)
     start = time.time()
     data = load_tiny_imagenet(args.data, args.size)
     if args.max_train:
         keep = (np.arange(len(data.labels)) % (len(data.labels) // args.max_train + 1) == 0)
         data = dataclasses.replace(data, images=data.images[keep], labels=data.labels[keep],
                                    splits=data.splits[keep], paths=data.paths[keep])
-    run_dir = os.path.join(args.out, args.model)
     if args.ship:
         return ship(args, data, run_dir)
     keras.utils.set_random_seed(args.seed)
@@ -262,7 +296,7 @@ def main(argv=None):
         "params": int(model.count_params()),
     }
     write_json(os.path.join(run_dir, "summary.json"), summary)
-    print(json.dumps(summary, indent=1, default=str))
+    write_report(run_dir, results)
     return summary
 
 
