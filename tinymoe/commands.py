@@ -87,9 +87,9 @@ def run_train(args):
     strategy = distribution_strategy(args.distribute)
     _repeatable(args.seed)
     if args.weights is not None:  # refused before the data loads, naming what there is
-        from tinymoe.weights import check_input_shape, weights_card
+        from tinymoe.weights import check_weights_input, weights_card
 
-        check_input_shape(weights_card(args.model, args.weights),
+        check_weights_input(weights_card(args.model, args.weights),
                           (args.input_size, args.input_size, 3))
     recipe = FINE_TUNE if args.weights is not None else TrainConfig()
     chosen = {key: getattr(recipe, key) if getattr(args, key) is None else getattr(args, key)

@@ -83,7 +83,7 @@ def create_model(name, num_classes=1000, input_shape=(256, 256, 3), weights=None
         from tinymoe import weights as shipped
 
         card = shipped.weights_card(name, weights)  # refuses unknown weights first
-        shipped.check_input_shape(card, input_shape)
+        shipped.check_weights_input(card, input_shape)
     if overrides:
         config = dataclasses.replace(config, **overrides)
     model = build_mobilevit_v2(config, num_classes, input_shape, name=name)

@@ -82,12 +82,12 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def check_input_shape(card, input_shape):
+def check_weights_input(card, input_shape):
     """Refuses an input the weights cannot take: not RGB, or smaller than they were trained at
     (the last stage's feature map would shrink below the grid they saw).
 
     Example:
-        >>> check_input_shape(weights_card("mobilevit_v2_mcu", "tinyimagenet"), (128, 128, 3))
+        >>> check_weights_input(weights_card("mobilevit_v2_mcu", "tinyimagenet"), (128, 128, 3))
     """
     height, width, channels = (int(v) for v in input_shape)
     smallest = int(card["input_size"])
