@@ -6,12 +6,14 @@ import pytest
 
 from conftest import synthetic_images
 from tinymoe.analysis import (
-    affinity_matrix, analyze, expert_load, paper_affinity, plot_affinity)
+    EXPERT_WEIGHTS, affinity_matrix, analyze, expert_divergence, expert_load, paper_affinity,
+    paired_difference, plot_affinity, with_mean_experts)
 from tinymoe.cli import main
 from tinymoe.data import ImageData
 from tinymoe.files import atomic_path
 from tinymoe.layers import MoEFeedForward
 from tinymoe.models import create_model
+from tinymoe.models.dispatch import moe_layers
 from tinymoe.pipeline import load_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -54,6 +56,46 @@ def test_analyze_gives_matrices_load_and_patch_layout(moe_model, tmp_path):
     assert open(path, "rb").read(8) == PNG_SIGNATURE
 
 
+def test_expert_divergence_and_mean_experts_on_constructed_experts(moe_model):
+    """Experts set to known vectors: expert e is (e + 1) * v for e < 2 and -v for the rest,
+    so cosines are exactly +-1, and the mean of the 4 experts is (1 + 2 - 1 - 1) / 4 * v."""
+    moe = moe_layers(moe_model)["stage5_mvit/transformer_2"]
+    saved = {name: getattr(moe, name).numpy() for name in EXPERT_WEIGHTS}
+    rng = np.random.default_rng(0)
+    base = {name: rng.normal(size=value.shape[1:]) for name, value in saved.items()}
+    scales = np.array([1.0, 2.0, -1.0, -1.0])
+    for name, value in base.items():
+        getattr(moe, name).assign((scales.reshape(-1, *[1] * value.ndim) * value)
+                                  .astype(np.float32))
+    try:
+        figures = expert_divergence(moe)
+        np.testing.assert_allclose(figures["cosine"], np.sign(scales)[:, None]
+                                   * np.sign(scales)[None, :], atol=1e-6)
+        assert figures["min_cosine"] == pytest.approx(-1.0, abs=1e-6)
+        # |s_e v - m v| / |m v| with m = 0.25.
+        np.testing.assert_allclose(figures["spread"], np.abs(scales - 0.25) / 0.25, rtol=1e-5)
+        averaged = with_mean_experts(moe_model)
+        twin = moe_layers(averaged)["stage5_mvit/transformer_2"]
+        for name, value in base.items():
+            np.testing.assert_allclose(getattr(twin, name).numpy(),
+                                       np.repeat(0.25 * value[None], 4, axis=0), rtol=1e-5,
+                                       atol=1e-6)
+            np.testing.assert_allclose(getattr(moe, name).numpy()[1], 2 * value, rtol=1e-6)
+        np.testing.assert_array_equal(twin.router_kernel.numpy(), moe.router_kernel.numpy())
+    finally:
+        for name, value in saved.items():
+            getattr(moe, name).assign(value)
+
+
+def test_paired_difference_counts_discordant_images():
+    a = np.array([1] * 10 + [0] * 5 + [1] * 5, bool)
+    b = np.array([0] * 10 + [0] * 5 + [1] * 5, bool)
+    result = paired_difference(a, b)
+    assert result == {"difference": 0.5, "only_a": 10, "only_b": 0, "significant": True}
+    close = paired_difference([1, 1, 1, 0, 0], [0, 0, 1, 1, 0])  # 2 against 1: chance
+    assert close["only_a"] == 2 and close["only_b"] == 1 and not close["significant"]
+
+
 def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
     target = tmp_path / "figure.png"
     target.write_bytes(b"old")
@@ -87,7 +129,8 @@ def test_atomic_path_writes_files_with_the_mode_open_gives(tmp_path):
         os.umask(old_mask)
 
 
-def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch):
+def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch,
+                                                                  capsys):
     """The CLI path on a small untrained dense model and a tiny image folder."""
     images, labels = synthetic_images(12, 64, 3)
     data = ImageData(images.astype(np.uint8), labels, np.array(["train"] * 8 + ["val"] * 4),
@@ -103,8 +146,21 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
     # Stage 5 at 64x64 has one 2x2 patch per image, fewer than 2 x 2 experts: --routing auto
     # routes it per token, so the 4 tokens of each of the 8 images are clustered.
     assert sum(report["layers"]["stage5_mvit/transformer_2"]["cluster_sizes"]) == 8 * 4
-    assert main(["analyze", str(out), "--out", str(tmp_path / "analysis")]) == 0
+    assert main(["analyze", str(out), "--out", str(tmp_path / "analysis"),
+                 "--dense", str(tmp_path / "dense.keras")]) == 0
     written = sorted(os.listdir(tmp_path / "analysis"))
+    # Experts upcycled without noise are exact copies of the dense feed-forward: the mean
+    # of copies is the same weights, so the averaged model gives the same top-1.
+    experts = json.loads((tmp_path / "analysis" / "analysis.json").read_text())["experts"]
+    layer = experts["layers"]["stage5_mvit/transformer_2"]
+    assert layer["min_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert layer["spread"] == [0.0, 0.0]
+    assert layer["distance_to_dense"] == [0.0, 0.0]
+    assert experts["top1"] == experts["top1_mean_experts"]
+    assert experts["verdict"].startswith("The MoE is the dense model in disguise")
+    assert main(["analyze", str(out), "--out", str(tmp_path / "again"),
+                 "--dense", str(out)]) == 2
+    assert "has experts already" in capsys.readouterr().err
     assert written == ["analysis.json", "stage5_mvit_transformer_2.npz",
                        "stage5_mvit_transformer_2_affinity.png",
                        "stage5_mvit_transformer_2_paper_affinity.png",

@@ -1,10 +1,15 @@
-"""Which experts do the patches of each class go to? Affinity matrices, load and pictures."""
+"""Which experts do the patches of each class go to? Affinity matrices, load and pictures;
+and whether the experts differ at all (:func:`diagnose_experts`)."""
+
+import math
 
 import numpy as np
 
 from tinymoe.files import atomic_path
-from tinymoe.layers import MobileViTV2Block
+from tinymoe.layers import MobileViTV2Block, MoEFeedForward
 from tinymoe.models.tracing import read_routing
+
+EXPERT_WEIGHTS = ("expert_kernel_in", "expert_bias_in", "expert_kernel_out", "expert_bias_out")
 
 
 def affinity_matrix(experts, labels, num_classes, num_experts):
@@ -195,3 +200,165 @@ def plot_patch_groups(images, experts, patch_pixels, path, num_experts, titles=N
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     return path
+
+
+def expert_vectors(moe):
+    """``[E, n]``: each expert of a mixture-of-experts layer as one flat weight vector
+    (input kernel, input bias, output kernel, output bias)."""
+    experts = moe.num_experts
+    return np.concatenate([getattr(moe, name).numpy().reshape(experts, -1)
+                           for name in EXPERT_WEIGHTS], axis=1).astype(np.float64)
+
+
+def feedforward_vector(ffn):
+    """A dense :class:`tinymoe.layers.FeedForward` as one flat vector laid out as
+    :func:`expert_vectors` lays out an expert (what upcycling copies into each expert)."""
+    return np.concatenate([ffn.up.kernel.numpy()[0, 0].ravel(), ffn.up.bias.numpy().ravel(),
+                           ffn.down.kernel.numpy()[0, 0].ravel(),
+                           ffn.down.bias.numpy().ravel()]).astype(np.float64)
+
+
+def expert_divergence(moe, dense_ffn=None):
+    """How far the experts of one layer moved apart, and from the feed-forward they were
+    copied from.
+
+    Args:
+        moe: a :class:`tinymoe.layers.MoEFeedForward`.
+        dense_ffn: optional, the dense model's feed-forward at the same place.
+
+    Returns:
+        dict: ``cosine`` ``[E, E]`` cosine similarity of the experts' weight vectors,
+        ``min_cosine`` and ``mean_cosine`` over distinct pairs, ``spread`` ``[E]`` the distance
+        of each expert from the experts' mean relative to the mean's norm; with ``dense_ffn``
+        also ``cosine_to_dense`` and ``distance_to_dense`` ``[E]`` (relative to its norm).
+        Experts that are copies have cosine 1 and spread 0.
+
+    Example:
+        >>> expert_divergence(moe_layers(model)["stage5_mvit/transformer_2"])["min_cosine"]
+        0.9993
+    """
+    vectors = expert_vectors(moe)
+    norms = np.linalg.norm(vectors, axis=1)
+    unit = vectors / np.maximum(norms, 1e-30)[:, None]
+    cosine = unit @ unit.T
+    pairs = cosine[~np.eye(len(cosine), dtype=bool)]
+    mean = vectors.mean(axis=0)
+    result = {"cosine": cosine, "min_cosine": float(pairs.min()) if pairs.size else 1.0,
+              "mean_cosine": float(pairs.mean()) if pairs.size else 1.0,
+              "spread": np.linalg.norm(vectors - mean, axis=1) / max(np.linalg.norm(mean),
+                                                                      1e-30)}
+    if dense_ffn is not None:
+        reference = feedforward_vector(dense_ffn)
+        if reference.shape != mean.shape:
+            raise ValueError(f"The dense feed-forward has {reference.size} weights, the "
+                             f"experts {mean.size} each: not the model they were copied from.")
+        scale = max(np.linalg.norm(reference), 1e-30)
+        result["cosine_to_dense"] = unit @ (reference / scale)
+        result["distance_to_dense"] = np.linalg.norm(vectors - reference, axis=1) / scale
+    return result
+
+
+def with_mean_experts(model):
+    """A copy of ``model`` in which every expert of each mixture-of-experts layer is the
+    mean of that layer's experts; routers and gates are unchanged, ``model`` is untouched.
+
+    Example:
+        >>> evaluate(with_mean_experts(moe_model), x_val, y_val)
+    """
+    from tinymoe.backend import keras
+    from tinymoe.models.dispatch import moe_layers
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for moe in moe_layers(copy).values():
+        for name in EXPERT_WEIGHTS:
+            value = getattr(moe, name).numpy()
+            getattr(moe, name).assign(np.repeat(value.mean(axis=0, keepdims=True),
+                                                len(value), axis=0))
+    return copy
+
+
+def paired_difference(correct_a, correct_b):
+    """Top-1 of A minus top-1 of B on the same images, and whether it is more than chance.
+
+    The images only one model gets right decide it (McNemar's test): with ``a`` right only
+    for A and ``b`` only for B, the difference counts as real when ``|a - b| > 2 sqrt(a + b)``
+    (two standard deviations of the sign test's normal approximation, about 95%).
+
+    Example:
+        >>> paired_difference(np.array([1, 1, 0, 1]), np.array([1, 0, 0, 1]))
+        {'difference': 0.25, 'only_a': 1, 'only_b': 0, 'significant': False}
+    """
+    correct_a = np.asarray(correct_a, bool)
+    correct_b = np.asarray(correct_b, bool)
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    return {"difference": (only_a - only_b) / max(1, len(correct_a)), "only_a": only_a,
+            "only_b": only_b,
+            "significant": bool(abs(only_a - only_b) > 2 * math.sqrt(only_a + only_b))}
+
+
+def diagnose_experts(model, images, labels, dense_model=None, batch_size=64):
+    """Do the experts of ``model`` differ in what they compute, or is it a dense model in
+    disguise?
+
+    Measures, per layer, :func:`expert_divergence` (against ``dense_model``'s feed-forwards
+    when given), and on ``images`` the top-1 of ``model`` against the same model with each
+    layer's experts replaced by their mean (:func:`with_mean_experts`), compared image by
+    image (:func:`paired_difference`).
+
+    Returns:
+        dict with ``layers`` (key -> divergence figures as lists), ``top1``,
+        ``top1_mean_experts``, ``paired`` and ``verdict`` (a sentence).
+
+    Example:
+        >>> diagnose_experts(moe_model, x_val, y_val, dense_model=dense)["verdict"]
+    """
+    from tinymoe.evaluation import keras_logits
+    from tinymoe.models.dispatch import moe_layers
+
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to diagnose.")
+    report = {}
+    for key, moe in layers.items():
+        dense_ffn = None
+        if dense_model is not None:
+            block_name, layer_name = key.split("/")
+            names = {layer.name for layer in dense_model.layers}
+            if block_name not in names:
+                raise ValueError(f"The dense model {dense_model.name!r} has no block "
+                                 f"{block_name!r}: not the model {model.name!r} was "
+                                 "upcycled from.")
+            block = dense_model.get_layer(block_name)
+            dense_ffn = block.transformer[int(layer_name.rsplit("_", 1)[1])].ffn
+            if isinstance(dense_ffn, MoEFeedForward):
+                raise ValueError(f"{key} of {dense_model.name!r} has experts already: pass "
+                                 "the dense model the MoE was upcycled from.")
+        figures = expert_divergence(moe, dense_ffn)
+        report[key] = {name: (np.round(value, 4).tolist() if isinstance(value, np.ndarray)
+                              else round(value, 4)) for name, value in figures.items()}
+    labels = np.asarray(labels)
+    correct = np.argmax(keras_logits(model, images, batch_size), axis=1) == labels
+    averaged = with_mean_experts(model)
+    correct_mean = np.argmax(keras_logits(averaged, images, batch_size), axis=1) == labels
+    paired = paired_difference(correct, correct_mean)
+    change = 100 * (float(correct_mean.mean()) - float(correct.mean()))  # + : averaging helps
+    if paired["significant"] and change > 0:
+        verdict = (f"The experts differ but hurt: their mean scores {change:+.1f} points of "
+                   f"top-1 on {len(labels)} images, more than chance "
+                   f"({paired['only_a']} images only the MoE gets right, "
+                   f"{paired['only_b']} only the averaged one).")
+    elif paired["significant"]:
+        verdict = (f"The experts matter: replacing each by their mean changes top-1 by "
+                   f"{change:+.1f} points on {len(labels)} images, more than chance "
+                   f"({paired['only_a']} images only the MoE gets right, "
+                   f"{paired['only_b']} only the averaged one).")
+    else:
+        verdict = (f"The MoE is the dense model in disguise: replacing each expert by their "
+                   f"mean changes top-1 by {change:+.1f} points on {len(labels)} images, "
+                   f"within chance ({paired['only_a']} images only the MoE gets right, "
+                   f"{paired['only_b']} only the averaged one).")
+    return {"layers": report, "images": int(len(labels)), "top1": float(correct.mean()),
+            "top1_mean_experts": float(correct_mean.mean()), "paired": paired,
+            "verdict": verdict}

@@ -173,15 +173,22 @@ def build_parser():
     upcycle.set_defaults(run=commands.run_upcycle)
 
     analyze = subcommands.add_parser(
-        "analyze", help="class-expert affinity, expert load and patch-grouping figures",
+        "analyze", help="class-expert affinity, expert load, patch-grouping figures and "
+                        "whether the experts differ at all",
         description="Writes, for every MoE layer: the class-expert affinity matrix (plain "
                     "and the paper's variant) as PNG and .npz, the expert load, and images "
-                    "with their patches coloured by expert.", parents=[common])
+                    "with their patches coloured by expert; and a diagnosis of the experts: "
+                    "their weights' cosine similarity and spread, and top-1 with each "
+                    "layer's experts replaced by their mean (if it does not drop, the MoE "
+                    "is the dense model in disguise).", parents=[common])
     analyze.add_argument("model", help="a .keras model with experts")
     _add_data_args(analyze)
     analyze.add_argument("--out", required=True, metavar="DIR")
     analyze.add_argument("--split", choices=("train", "val", "test"), default="val")
     analyze.add_argument("--images", type=int, default=512, help="images analysed at most")
+    analyze.add_argument("--dense", metavar="KERAS",
+                         help="the dense model it was upcycled from: how far each expert "
+                              "moved from the feed-forward it was copied from")
     analyze.set_defaults(run=commands.run_analyze)
 
     optimize = subcommands.add_parser(

@@ -137,8 +137,10 @@ def run_analyze(args):
     from tinymoe.pipeline import analyze_run
 
     data = load_dataset(args.data, args.input_size)
-    print(json.dumps(analyze_run(args.model, data, args.out, args.split, args.images),
-                     indent=2))
+    summary = analyze_run(args.model, data, args.out, args.split, args.images,
+                          dense_model=args.dense)
+    print(json.dumps(summary, indent=2))
+    print(summary["experts"]["verdict"])
     return 0
 
 

@@ -171,19 +171,26 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
     return moe, summary
 
 
-def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=8):
-    """Writes affinity matrices (PNG and ``.npz``), expert load and patch-grouping pictures.
+def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=8,
+                dense_model=None):
+    """Writes affinity matrices (PNG and ``.npz``), expert load and patch-grouping pictures,
+    and the diagnosis of the experts (:func:`tinymoe.analysis.diagnose_experts`: how far they
+    moved apart, and from ``dense_model``'s feed-forwards when given; top-1 with each layer's
+    experts replaced by their mean).
 
     Returns:
-        dict from layer key to ``{"load": [...], "files": [...]}``.
+        dict from layer key to ``{"load": [...], "files": [...]}``, and ``"experts"``: the
+        diagnosis.
 
     Example:
-        >>> analyze_run("runs/moe/best.keras", data, "runs/analysis")
+        >>> analyze_run("runs/moe/best.keras", data, "runs/analysis", dense_model="runs/dense/epoch20.keras")
     """
-    from tinymoe.analysis import analyze, plot_affinity, plot_patch_groups
+    from tinymoe.analysis import analyze, diagnose_experts, plot_affinity, plot_patch_groups
 
     if isinstance(model, str):
         model = load_model(model)
+    if isinstance(dense_model, str):
+        dense_model = load_model(dense_model)
     images, labels = data.split(split)
     images, labels = images[:max_images], labels[:max_images]
     results = analyze(model, images.astype(np.float32), labels, data.num_classes)
@@ -212,6 +219,7 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
                      load=result["load"], experts=result["experts"])
         files.append(arrays)
         summary[key] = {"load": [round(float(v), 4) for v in result["load"]], "files": files}
+    summary["experts"] = diagnose_experts(model, images, labels, dense_model)
     write_json(os.path.join(out_dir, "analysis.json"), summary)
     return summary
 
