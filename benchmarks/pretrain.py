@@ -46,7 +46,7 @@ from tinymoe.data import ImageData
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, get_config, list_models
 from tinymoe.pipeline import evaluate, load_model
-from tinymoe.train import TrainConfig, fit
+from tinymoe.train import TrainConfig, fit, stream_seed
 
 SOURCE = "Tiny ImageNet-200 (github.com/rangeetpan/IMagenet, tiny-imagenet-200/)"
 LICENCE = ("Tiny ImageNet is a subset of ImageNet; its terms are ImageNet's: non-commercial "
@@ -270,6 +270,10 @@ def main(argv=None):
     if args.ship:
         return ship(args, data, run_dir)
     keras.utils.set_random_seed(args.seed)
+    model = build(args, data)  # upcycling reseeds, so the model comes before the data
+    # A run resumed at --initial-epoch gets batches of its own, not its checkpoint's.
+    data_seed = stream_seed(args.seed, args.initial_epoch)
+    keras.utils.set_random_seed(data_seed)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,
                          initial_epoch=args.initial_epoch, save_epochs=tuple(args.save_epochs))
@@ -277,9 +281,8 @@ def main(argv=None):
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, recipe.batch_size, training=True,
-                         augment=augment, seed=args.seed)
+                         augment=augment, seed=data_seed)
     val = make_dataset(x_val, y_val, data.num_classes, 256)
-    model = build(args, data)
     verbose = 1 if sys.stdout.isatty() else 2
     fit(model, train, val, dataclasses.replace(recipe, save_epochs=()), None, verbose=verbose,
         callbacks=resumable_callbacks(run_dir, recipe.save_epochs))

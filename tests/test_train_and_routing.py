@@ -220,3 +220,33 @@ def test_two_runs_with_one_seed_give_the_same_model_and_another_seed_does_not(tm
         logits.append(keras_logits(model, data.images[-32:]))
     np.testing.assert_array_equal(logits[0], logits[1])
     assert np.max(np.abs(logits[0] - logits[2])) > 1e-3
+
+
+def test_a_resumed_run_draws_batches_of_its_own_not_its_checkpoints(tmp_path, monkeypatch):
+    """An upcycled MoE resumed at epoch N must not replay, as epochs N+1..., the shuffle
+    order and augmentation of the epochs its dense checkpoint trained on (with one seed for
+    both runs it did: its first epoch scored 0.24 train top-1 on batches the checkpoint had
+    just seen). The first batch of each run is recorded where train_run builds it."""
+    from tinymoe import pipeline
+    from tinymoe.data import ImageData
+    from tinymoe.train import stream_seed
+
+    images, labels = synthetic_images(24, 8, 3)
+    data = ImageData(images.astype(np.uint8), labels, np.array(["train"] * 24), ["a", "b", "c"],
+                     np.array([""] * 24))
+    first = {}
+
+    def recording(*args, **kwargs):
+        dataset = make_dataset(*args, **kwargs)
+        if kwargs.get("training"):
+            first[len(first)] = next(iter(dataset))[1].numpy().argmax(1)
+        return dataset
+
+    monkeypatch.setattr(pipeline, "make_dataset", recording)
+    for start in (0, 1):
+        config = TrainConfig(epochs=2, initial_epoch=start, batch_size=24, warmup_epochs=0)
+        pipeline.train_run(tiny_classifier(), data, str(tmp_path / f"from{start}"), config,
+                           verbose=0, seed=5)
+    assert stream_seed(5) == 5 and stream_seed(5, 1) != 5
+    # One batch of all 24 images: the same labels, in another order.
+    assert sorted(first[0]) == sorted(first[1]) and list(first[0]) != list(first[1])

@@ -15,7 +15,7 @@ from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also us
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
-from tinymoe.train import TrainConfig, fit
+from tinymoe.train import TrainConfig, fit, stream_seed
 
 
 # Capacity-aware fine-tuning (``train_dispatch="sparse"``) trains at this factor unless told
@@ -81,7 +81,9 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     ``seed`` seeds initialisation, shuffling, augmentation and dropout (Python, NumPy and
     TensorFlow, :func:`keras.utils.set_random_seed`): two runs with one seed on one
     machine give the same model where TensorFlow's kernels are deterministic (``tinymoe
-    train --seed`` also turns on ``tf.config.experimental.enable_op_determinism``).
+    train --seed`` also turns on ``tf.config.experimental.enable_op_determinism``). A run
+    resumed at ``config.initial_epoch`` draws its batches from
+    :func:`tinymoe.train.stream_seed`, not the stream its checkpoint already trained on.
 
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
@@ -98,12 +100,13 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     replicas = strategy.num_replicas_in_sync
     config = dataclasses.replace(config, batch_size=config.batch_size * replicas,
                                  learning_rate=config.learning_rate * replicas)
+    data_seed = stream_seed(seed or 0, config.initial_epoch)
     if seed is not None:
-        keras.utils.set_random_seed(int(seed))
+        keras.utils.set_random_seed(data_seed)
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
-                         training=True, augment=augment, seed=int(seed or 0))
+                         training=True, augment=augment, seed=data_seed)
     val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
     chief = is_chief(strategy)
     with strategy.scope(), tempfile.TemporaryDirectory() as scratch:

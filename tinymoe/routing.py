@@ -150,7 +150,9 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
         noise: experts are the dense weights plus Gaussian noise of ``noise`` times each
             weight's standard deviation (0: exact copies).
         temperature: router temperature; None chooses it from the data.
-        seed: seed of the patch subset, the noise and the random router.
+        seed: seed of the patch subset, the noise and the random router; it reseeds
+            Python, NumPy and TensorFlow (``keras.utils.set_random_seed``), so build the
+            training data after upcycling, from :func:`tinymoe.train.stream_seed`.
 
     Returns:
         (moe_model, :class:`UpcycleReport`).

@@ -71,6 +71,24 @@ class TrainConfig:
 FINE_TUNE = TrainConfig(learning_rate=2e-3, warmup_epochs=2.0, label_smoothing=0.1)
 
 
+def stream_seed(seed, initial_epoch=0):
+    """The seed of a run's data stream: its shuffle order and augmentation draws.
+
+    A run that resumes a checkpoint at ``initial_epoch`` > 0 (an upcycled MoE continuing
+    the dense schedule) would otherwise replay, as its epochs N+1, N+2, ..., the very
+    batches (order, crops, flips) of the epochs 1, 2, ... its checkpoint trained on: its
+    first epochs' train accuracy is inflated on batches the checkpoint has just seen, and
+    it differs from the dense run it continues in data order as well as in architecture.
+    Offsetting the seed by the epoch gives it batches of its own; a run from epoch 0 keeps
+    ``seed``.
+
+    Example:
+        >>> stream_seed(0), stream_seed(0, initial_epoch=20)
+        (0, 20180)
+    """
+    return int(seed) + 1009 * int(initial_epoch)
+
+
 @keras.saving.register_keras_serializable(package="tinymoe")
 class ResumedSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """``schedule`` from step ``offset`` on, ramped linearly from 0 over ``warmup`` steps.
