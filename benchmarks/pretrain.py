@@ -204,6 +204,16 @@ def resumable_callbacks(run_dir, save_epochs):
             EpochCheckpoint(run_dir, save_epochs)]
 
 
+def resume_epoch(run_dir, initial_epoch=0):
+    """The epoch a run in ``run_dir`` starts at: after the last one its log records when a
+    back-up is there to resume from (``BackupAndRestore``), else ``initial_epoch``."""
+    log = os.path.join(run_dir, "log.csv")
+    if not (os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(log)):
+        return initial_epoch
+    rows = np.atleast_1d(np.genfromtxt(log, delimiter=",", names=True))
+    return max(initial_epoch, int(rows["epoch"].max()) + 1) if rows.size else initial_epoch
+
+
 def write_report(run_dir, out):
     """``out.json`` and ``out.md``: a finished run's summary and its per-epoch log."""
     from common import write_results
@@ -271,8 +281,9 @@ def main(argv=None):
         return ship(args, data, run_dir)
     keras.utils.set_random_seed(args.seed)
     model = build(args, data)  # upcycling reseeds, so the model comes before the data
-    # A run resumed at --initial-epoch gets batches of its own, not its checkpoint's.
-    data_seed = stream_seed(args.seed, args.initial_epoch)
+    # A run resumed at --initial-epoch, or from its back-up after a stop, gets batches of
+    # its own, not those its weights have already trained on.
+    data_seed = stream_seed(args.seed, resume_epoch(run_dir, args.initial_epoch))
     keras.utils.set_random_seed(data_seed)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, warmup_epochs=args.warmup_epochs,

@@ -91,9 +91,14 @@ def test_paired_difference_counts_discordant_images():
     a = np.array([1] * 10 + [0] * 5 + [1] * 5, bool)
     b = np.array([0] * 10 + [0] * 5 + [1] * 5, bool)
     result = paired_difference(a, b)
-    assert result == {"difference": 0.5, "only_a": 10, "only_b": 0, "significant": True}
+    # Exact two-sided p for 10 against 0: 2 / 2**10.
+    assert result == {"difference": 0.5, "only_a": 10, "only_b": 0, "p_value": 2 / 1024,
+                      "significant": True}
     close = paired_difference([1, 1, 1, 0, 0], [0, 0, 1, 1, 0])  # 2 against 1: chance
-    assert close["only_a"] == 2 and close["only_b"] == 1 and not close["significant"]
+    assert close["only_a"] == 2 and close["only_b"] == 1 and close["p_value"] == 1.0
+    # 5 against 0 is p = 2 / 32 = 0.0625: not below 0.05, though |a - b| > 2 sqrt(a + b).
+    five = paired_difference([1] * 5, [0] * 5)
+    assert five["p_value"] == 0.0625 and not five["significant"]
 
 
 def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
@@ -157,10 +162,11 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
     assert layer["spread"] == [0.0, 0.0]
     assert layer["distance_to_dense"] == [0.0, 0.0]
     assert experts["top1"] == experts["top1_mean_experts"]
-    assert experts["verdict"].startswith("The MoE is the dense model in disguise")
+    assert experts["verdict"].startswith("No evidence that the experts differ")
     assert main(["analyze", str(out), "--out", str(tmp_path / "again"),
                  "--dense", str(out)]) == 2
     assert "has experts already" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()  # refused before anything is written
     assert written == ["analysis.json", "stage5_mvit_transformer_2.npz",
                        "stage5_mvit_transformer_2_affinity.png",
                        "stage5_mvit_transformer_2_paper_affinity.png",
@@ -188,7 +194,7 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
     assert summary["dense"]["val_accuracy"] > 0.5
     assert summary["moe"]["params"] > summary["dense"]["params"]
-    for layer in summary["analysis"].values():
+    for layer in summary["analysis"]["layers"].values():
         for path in layer["files"]:
             assert os.path.getsize(path) > 0
     assert summary["int8"]["dispatch"] == "sparse" and summary["int8"]["int8_tflm_top1"] > 0.5

@@ -6,10 +6,10 @@ import math
 import numpy as np
 
 from tinymoe.files import atomic_path
-from tinymoe.layers import MobileViTV2Block, MoEFeedForward
+from tinymoe.layers import EXPERT_WEIGHTS, MobileViTV2Block, MoEFeedForward, feedforward_weights
+from tinymoe.models.dispatch import moe_layers
 from tinymoe.models.tracing import read_routing
 
-EXPERT_WEIGHTS = ("expert_kernel_in", "expert_bias_in", "expert_kernel_out", "expert_bias_out")
 
 
 def affinity_matrix(experts, labels, num_classes, num_experts):
@@ -211,11 +211,9 @@ def expert_vectors(moe):
 
 
 def feedforward_vector(ffn):
-    """A dense :class:`tinymoe.layers.FeedForward` as one flat vector laid out as
-    :func:`expert_vectors` lays out an expert (what upcycling copies into each expert)."""
-    return np.concatenate([ffn.up.kernel.numpy()[0, 0].ravel(), ffn.up.bias.numpy().ravel(),
-                           ffn.down.kernel.numpy()[0, 0].ravel(),
-                           ffn.down.bias.numpy().ravel()]).astype(np.float64)
+    """A dense feed-forward as one flat vector laid out as :func:`expert_vectors` lays out
+    an expert (what upcycling copies into each expert)."""
+    return np.concatenate([w.ravel() for w in feedforward_weights(ffn)]).astype(np.float64)
 
 
 def expert_divergence(moe, dense_ffn=None):
@@ -258,15 +256,50 @@ def expert_divergence(moe, dense_ffn=None):
     return result
 
 
+def dense_feedforwards(model, dense_model):
+    """``{layer key: dense FeedForward}``: the feed-forward of ``dense_model`` at the place
+    of each mixture-of-experts layer of ``model``, checked to be the one its experts were
+    copied from (same block, layer and weight shapes); an error names the layer otherwise.
+
+    Example:
+        >>> dense_feedforwards(moe_model, dense)["stage5_mvit/transformer_2"].hidden_dim
+        160
+    """
+    names = {layer.name for layer in dense_model.layers}
+    found = {}
+    for key, moe in moe_layers(model).items():
+        block_name, layer_name = key.split("/")
+        index = int(layer_name.rsplit("_", 1)[1])
+        block = dense_model.get_layer(block_name) if block_name in names else None
+        layers = getattr(block, "transformer", None)
+        if layers is None or index >= len(layers):
+            raise ValueError(f"The dense model {dense_model.name!r} has no layer {key}: not "
+                             f"the model {model.name!r} was upcycled from.")
+        ffn = layers[index].ffn
+        if isinstance(ffn, MoEFeedForward):
+            raise ValueError(f"{key} of {dense_model.name!r} has experts already: pass the "
+                             "dense model the MoE was upcycled from.")
+        shapes = [tuple(w.shape) for w in feedforward_weights(ffn)]
+        expected = [tuple(getattr(moe, name).shape[1:]) for name in EXPERT_WEIGHTS]
+        if shapes != expected:
+            raise ValueError(f"{key}: the dense feed-forward's weights are {shapes}, an "
+                             f"expert's {expected}: not the model {model.name!r} was "
+                             "upcycled from.")
+        found[key] = ffn
+    return found
+
+
 def with_mean_experts(model):
     """A copy of ``model`` in which every expert of each mixture-of-experts layer is the
     mean of that layer's experts; routers and gates are unchanged, ``model`` is untouched.
+
+    Averaging weights is meaningful for experts upcycled from one feed-forward (their hidden
+    units stay aligned); experts trained apart from random weights have no such alignment.
 
     Example:
         >>> evaluate(with_mean_experts(moe_model), x_val, y_val)
     """
     from tinymoe.backend import keras
-    from tinymoe.models.dispatch import moe_layers
 
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -278,64 +311,56 @@ def with_mean_experts(model):
     return copy
 
 
-def paired_difference(correct_a, correct_b):
+def paired_difference(correct_a, correct_b, level=0.05):
     """Top-1 of A minus top-1 of B on the same images, and whether it is more than chance.
 
-    The images only one model gets right decide it (McNemar's test): with ``a`` right only
-    for A and ``b`` only for B, the difference counts as real when ``|a - b| > 2 sqrt(a + b)``
-    (two standard deviations of the sign test's normal approximation, about 95%).
+    The images only one model gets right decide it (McNemar's exact test): with ``a`` right
+    only for A and ``b`` only for B, under "no difference" each of the ``a + b`` is A's
+    with probability 1/2; the two-sided binomial p-value is
+    ``min(1, 2 P[X <= min(a, b)])``, X ~ Binomial(a + b, 1/2), and the difference is
+    significant when it is below ``level``.
 
     Example:
         >>> paired_difference(np.array([1, 1, 0, 1]), np.array([1, 0, 0, 1]))
-        {'difference': 0.25, 'only_a': 1, 'only_b': 0, 'significant': False}
+        {'difference': 0.25, 'only_a': 1, 'only_b': 0, 'p_value': 1.0, 'significant': False}
     """
     correct_a = np.asarray(correct_a, bool)
     correct_b = np.asarray(correct_b, bool)
     only_a = int(np.sum(correct_a & ~correct_b))
     only_b = int(np.sum(~correct_a & correct_b))
+    total = only_a + only_b
+    tail = sum(math.comb(total, k) for k in range(min(only_a, only_b) + 1)) / 2 ** total
+    p_value = min(1.0, 2 * tail)
     return {"difference": (only_a - only_b) / max(1, len(correct_a)), "only_a": only_a,
-            "only_b": only_b,
-            "significant": bool(abs(only_a - only_b) > 2 * math.sqrt(only_a + only_b))}
+            "only_b": only_b, "p_value": p_value, "significant": bool(p_value < level)}
 
 
 def diagnose_experts(model, images, labels, dense_model=None, batch_size=64):
-    """Do the experts of ``model`` differ in what they compute, or is it a dense model in
-    disguise?
+    """Do the experts of an upcycled ``model`` differ in what they compute, or is it the
+    dense model in disguise?
 
     Measures, per layer, :func:`expert_divergence` (against ``dense_model``'s feed-forwards
     when given), and on ``images`` the top-1 of ``model`` against the same model with each
     layer's experts replaced by their mean (:func:`with_mean_experts`), compared image by
-    image (:func:`paired_difference`).
+    image (:func:`paired_difference`). No significant change is no evidence that the experts
+    compute anything the mean does not, on these images.
 
     Returns:
-        dict with ``layers`` (key -> divergence figures as lists), ``top1``,
+        dict with ``layers`` (key -> divergence figures as lists), ``images``, ``top1``,
         ``top1_mean_experts``, ``paired`` and ``verdict`` (a sentence).
 
     Example:
         >>> diagnose_experts(moe_model, x_val, y_val, dense_model=dense)["verdict"]
     """
     from tinymoe.evaluation import keras_logits
-    from tinymoe.models.dispatch import moe_layers
 
     layers = moe_layers(model)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to diagnose.")
+    dense = dense_feedforwards(model, dense_model) if dense_model is not None else {}
     report = {}
     for key, moe in layers.items():
-        dense_ffn = None
-        if dense_model is not None:
-            block_name, layer_name = key.split("/")
-            names = {layer.name for layer in dense_model.layers}
-            if block_name not in names:
-                raise ValueError(f"The dense model {dense_model.name!r} has no block "
-                                 f"{block_name!r}: not the model {model.name!r} was "
-                                 "upcycled from.")
-            block = dense_model.get_layer(block_name)
-            dense_ffn = block.transformer[int(layer_name.rsplit("_", 1)[1])].ffn
-            if isinstance(dense_ffn, MoEFeedForward):
-                raise ValueError(f"{key} of {dense_model.name!r} has experts already: pass "
-                                 "the dense model the MoE was upcycled from.")
-        figures = expert_divergence(moe, dense_ffn)
+        figures = expert_divergence(moe, dense.get(key))
         report[key] = {name: (np.round(value, 4).tolist() if isinstance(value, np.ndarray)
                               else round(value, 4)) for name, value in figures.items()}
     labels = np.asarray(labels)
@@ -344,21 +369,18 @@ def diagnose_experts(model, images, labels, dense_model=None, batch_size=64):
     correct_mean = np.argmax(keras_logits(averaged, images, batch_size), axis=1) == labels
     paired = paired_difference(correct, correct_mean)
     change = 100 * (float(correct_mean.mean()) - float(correct.mean()))  # + : averaging helps
+    counts = (f"{len(labels)} images, p = {paired['p_value']:.3g} ({paired['only_a']} "
+              f"images only the MoE gets right, {paired['only_b']} only the averaged one)")
     if paired["significant"] and change > 0:
         verdict = (f"The experts differ but hurt: their mean scores {change:+.1f} points of "
-                   f"top-1 on {len(labels)} images, more than chance "
-                   f"({paired['only_a']} images only the MoE gets right, "
-                   f"{paired['only_b']} only the averaged one).")
+                   f"top-1 on {counts}.")
     elif paired["significant"]:
         verdict = (f"The experts matter: replacing each by their mean changes top-1 by "
-                   f"{change:+.1f} points on {len(labels)} images, more than chance "
-                   f"({paired['only_a']} images only the MoE gets right, "
-                   f"{paired['only_b']} only the averaged one).")
+                   f"{change:+.1f} points on {counts}.")
     else:
-        verdict = (f"The MoE is the dense model in disguise: replacing each expert by their "
-                   f"mean changes top-1 by {change:+.1f} points on {len(labels)} images, "
-                   f"within chance ({paired['only_a']} images only the MoE gets right, "
-                   f"{paired['only_b']} only the averaged one).")
+        verdict = (f"No evidence that the experts differ: replacing each by their mean "
+                   f"changes top-1 by {change:+.1f} points on {counts}; for an upcycled MoE "
+                   "this is the dense model in disguise.")
     return {"layers": report, "images": int(len(labels)), "top1": float(correct.mean()),
             "top1_mean_experts": float(correct_mean.mean()), "paired": paired,
             "verdict": verdict}

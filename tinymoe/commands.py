@@ -310,8 +310,9 @@ def run_demo(args):
     int8 = summary["int8"]
     print(f"| MoE-0.5, QAT int8 in TFLite Micro ({int8['dispatch']} dispatch) | | "
           f"{int8['macs']:,} | {int8['int8_tflm_top1']:.3f} |")
-    for key, layer in summary["analysis"].items():
+    for key, layer in summary["analysis"]["layers"].items():
         print(f"{key}: expert load {layer['load']}; figures in {os.path.dirname(layer['files'][0])}")
+    print(summary["analysis"]["experts"]["verdict"])
     if "capacity" in int8:
         from tinymoe.export import CapacityReport
 

@@ -82,8 +82,9 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     TensorFlow, :func:`keras.utils.set_random_seed`): two runs with one seed on one
     machine give the same model where TensorFlow's kernels are deterministic (``tinymoe
     train --seed`` also turns on ``tf.config.experimental.enable_op_determinism``). A run
-    resumed at ``config.initial_epoch`` draws its batches from
-    :func:`tinymoe.train.stream_seed`, not the stream its checkpoint already trained on.
+    resumed at ``config.initial_epoch`` is seeded with :func:`tinymoe.train.stream_seed`
+    instead (its batches, and any layer it initialises), so that it does not replay the
+    stream its checkpoint already trained on.
 
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
@@ -182,8 +183,8 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
     experts replaced by their mean).
 
     Returns:
-        dict from layer key to ``{"load": [...], "files": [...]}``, and ``"experts"``: the
-        diagnosis.
+        ``{"layers": {layer key: {"load": [...], "files": [...]}}, "experts": diagnosis}``,
+        also written as ``analysis.json``.
 
     Example:
         >>> analyze_run("runs/moe/best.keras", data, "runs/analysis", dense_model="runs/dense/epoch20.keras")
@@ -199,8 +200,10 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
     results = analyze(model, images.astype(np.float32), labels, data.num_classes)
     if not results:
         raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to analyse.")
+    # Before anything is written: a dense model that does not match stops here.
+    experts = diagnose_experts(model, images.astype(np.float32), labels, dense_model)
     os.makedirs(out_dir, exist_ok=True)
-    summary = {}
+    layers = {}
     for key, result in results.items():
         stem = key.replace("/", "_")
         num_experts = result["affinity"].shape[1]
@@ -221,8 +224,8 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
             np.savez(tmp, affinity=result["affinity"], paper_affinity=result["paper_affinity"],
                      load=result["load"], experts=result["experts"])
         files.append(arrays)
-        summary[key] = {"load": [round(float(v), 4) for v in result["load"]], "files": files}
-    summary["experts"] = diagnose_experts(model, images, labels, dense_model)
+        layers[key] = {"load": [round(float(v), 4) for v in result["load"]], "files": files}
+    summary = {"layers": layers, "experts": experts}
     write_json(os.path.join(out_dir, "analysis.json"), summary)
     return summary
 

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
 from tinymoe.backend import keras
-from tinymoe.layers import MobileViTV2Block
+from tinymoe.layers import EXPERT_WEIGHTS, MobileViTV2Block, feedforward_weights
 from tinymoe.models.dispatch import moe_layers
 from tinymoe.models.mobilevit_v2 import num_patches
 from tinymoe.models.tracing import trace
@@ -235,13 +235,8 @@ def _copy_shared_weights(dense_model, moe_model):
 
 def _copy_experts(dense_ffn, moe, noise, rng):
     """Every expert of ``moe`` becomes ``dense_ffn`` (plus relative Gaussian noise)."""
-    sources = [
-        (moe.expert_kernel_in, dense_ffn.up.kernel.numpy()[0, 0]),  # [d, h]
-        (moe.expert_bias_in, dense_ffn.up.bias.numpy()),
-        (moe.expert_kernel_out, dense_ffn.down.kernel.numpy()[0, 0]),  # [h, d]
-        (moe.expert_bias_out, dense_ffn.down.bias.numpy()),
-    ]
-    for target, value in sources:
+    for name, value in zip(EXPERT_WEIGHTS, feedforward_weights(dense_ffn)):
+        target = getattr(moe, name)
         copies = np.repeat(value[None], moe.num_experts, axis=0)
         if noise > 0:
             copies = copies + rng.normal(0, noise * (value.std() + 1e-12), copies.shape)

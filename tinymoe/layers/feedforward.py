@@ -65,3 +65,17 @@ class FeedForward(ScopedBuildMixin, keras.layers.Layer):
         return {**super().get_config(), "hidden_dim": self.hidden_dim,
                 "activation": self.activation, "pre_norm": self.pre_norm,
                 "bn_momentum": self.bn_momentum}
+
+
+def feedforward_weights(ffn):
+    """A dense :class:`FeedForward`'s weights as the arrays one expert of a
+    :class:`tinymoe.layers.MoEFeedForward` holds, in :data:`tinymoe.layers.moe.EXPERT_WEIGHTS`
+    order: input kernel ``[d, h]``, input bias ``[h]``, output kernel ``[h, d]``, output bias
+    ``[d]`` (what upcycling copies into every expert).
+
+    Example:
+        >>> [w.shape for w in feedforward_weights(block.transformer[0].ffn)]
+        [(64, 128), (128,), (128, 64), (64,)]
+    """
+    return [ffn.up.kernel.numpy()[0, 0], ffn.up.bias.numpy(), ffn.down.kernel.numpy()[0, 0],
+            ffn.down.bias.numpy()]

@@ -29,6 +29,9 @@ from tinymoe.layers.building import ScopedBuildMixin
 from tinymoe.layers.int8 import activation_points, int8_activation
 
 ROUTING_MODES = ("patch", "token")
+# The weights of the experts, each ``[E, ...]``: one expert is a dense feed-forward's weights
+# (:func:`tinymoe.layers.feedforward.feedforward_weights`).
+EXPERT_WEIGHTS = ("expert_kernel_in", "expert_bias_in", "expert_kernel_out", "expert_bias_out")
 
 
 def top_k_mask(probs, k):
