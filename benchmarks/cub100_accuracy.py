@@ -265,13 +265,21 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     return rows
 
 
+def start_of(meta):
+    """Where the models of a results file started: shipped weights, a pretrained peer, or
+    random weights."""
+    starts = [f"MobileViTv2 from `{meta['weights']}` weights"] if meta.get("weights") else []
+    starts += [f"{name} from {path}" for name, path in (meta.get("peer_weights") or {}).items()]
+    return "; ".join(starts) or "random weights"
+
+
 def markdown(rows, meta):
     lines = [f"# cub100 accuracy ({meta['size']}x{meta['size']})", "",
              *[f"Command: `{run['command']}` ({run['wall_s']} s, seeds {run['seeds']})  "
                for run in meta.get("runs", [meta])],
              f"Machine: {meta['machine']}  ",
              f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}  ",
-             f"Start: {meta.get('weights') or 'random weights'}; recipe "
+             f"Start: {start_of(meta)}; recipe "
              f"{meta.get('recipe') or 'the default'}"
              + (f"; {meta['train_per_class']} training images per species"
                 if meta.get("train_per_class") else ""), "",
@@ -388,6 +396,7 @@ def main(argv=None):
         # file is read again first, so that rows other runs wrote meanwhile are kept.
         earlier, runs = previous_runs(args.out, args.size)
         meta = run_meta(start, size=args.size, seeds=args.seeds, weights=args.weights,
+                        peer_weights=args.peer_weights or None,
                         recipe={key: getattr(args, key) for key in (
                             "learning_rate", "warmup_epochs", "label_smoothing")},
                         train_per_class=args.train_per_class or None,
