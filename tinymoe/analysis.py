@@ -204,7 +204,12 @@ def plot_patch_groups(images, experts, patch_pixels, path, num_experts, titles=N
 
 def expert_vectors(moe):
     """``[E, n]``: each expert of a mixture-of-experts layer as one flat weight vector
-    (input kernel, input bias, output kernel, output bias)."""
+    (input kernel, input bias, output kernel, output bias).
+
+    Example:
+        >>> expert_vectors(moe_layers(model)["stage5_mvit/transformer_2"]).shape
+        (4, 65920)
+    """
     experts = moe.num_experts
     return np.concatenate([getattr(moe, name).numpy().reshape(experts, -1)
                            for name in EXPERT_WEIGHTS], axis=1).astype(np.float64)
@@ -212,7 +217,12 @@ def expert_vectors(moe):
 
 def feedforward_vector(ffn):
     """A dense feed-forward as one flat vector laid out as :func:`expert_vectors` lays out
-    an expert (what upcycling copies into each expert)."""
+    an expert (what upcycling copies into each expert).
+
+    Example:
+        >>> feedforward_vector(dense.get_layer("stage5_mvit").transformer[2].ffn).shape
+        (65920,)
+    """
     return np.concatenate([w.ravel() for w in feedforward_weights(ffn)]).astype(np.float64)
 
 
