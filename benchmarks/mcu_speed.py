@@ -55,6 +55,7 @@ VARIANTS = {
     "mcu_relu6_mixed_s3x1_96": (LAYER_NORM, {"block_activation": "relu6", "norm": "mixed",
                                              "layout": MCU_SPEED_LAYOUT}, 128),
     "mcu": ("mobilevit_v2_mcu", {}, 128),
+    "mcu_160": ("mobilevit_v2_mcu", {}, 160),  # the largest input within a 300 KB arena
     "mcu_moe": ("mobilevit_v2_mcu_moe", {}, 128),
     "peer_070_128": ("peer:0.7", {}, 128),
     "peer_070_160": ("peer:0.7", {}, 160),
