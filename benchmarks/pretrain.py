@@ -191,10 +191,8 @@ def resumable_callbacks(run_dir, save_epochs):
 
     os.makedirs(run_dir, exist_ok=True)
     log = os.path.join(run_dir, "log.csv")
-    best_so_far = None
-    if os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(log):
-        rows = np.atleast_1d(np.genfromtxt(log, delimiter=",", names=True))
-        best_so_far = float(np.max(rows["val_accuracy"])) if rows.size else None
+    rows = resumed_log(run_dir)
+    best_so_far = float(np.max(rows["val_accuracy"])) if rows is not None else None
     return [keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
             keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"),
                                             monitor="val_accuracy", mode="max",
@@ -204,14 +202,21 @@ def resumable_callbacks(run_dir, save_epochs):
             EpochCheckpoint(run_dir, save_epochs)]
 
 
-def resume_epoch(run_dir, initial_epoch=0):
-    """The epoch a run in ``run_dir`` starts at: after the last one its log records when a
-    back-up is there to resume from (``BackupAndRestore``), else ``initial_epoch``."""
+def resumed_log(run_dir):
+    """The epochs a stopped run in ``run_dir`` logged, when a back-up is there to resume
+    from (``BackupAndRestore``); None for a fresh run."""
     log = os.path.join(run_dir, "log.csv")
     if not (os.path.isdir(os.path.join(run_dir, "backup")) and os.path.isfile(log)):
-        return initial_epoch
+        return None
     rows = np.atleast_1d(np.genfromtxt(log, delimiter=",", names=True))
-    return max(initial_epoch, int(rows["epoch"].max()) + 1) if rows.size else initial_epoch
+    return rows if rows.size else None
+
+
+def resume_epoch(run_dir, initial_epoch=0):
+    """The epoch a run in ``run_dir`` starts at: after the last one a resumable log
+    records, else ``initial_epoch``."""
+    rows = resumed_log(run_dir)
+    return initial_epoch if rows is None else max(initial_epoch, int(rows["epoch"].max()) + 1)
 
 
 def write_report(run_dir, out):
