@@ -143,16 +143,35 @@ def build(args, data):
         x_train, _ = data.split("train")
         rng = np.random.default_rng(args.seed)
         images = x_train[rng.choice(len(x_train), args.cluster_images, replace=False)]
-        moe, report = upcycle(dense, get_config(args.model).moe, images, router="cluster",
+        moe, report = upcycle(dense, moe_config(args), images, router="cluster",
                               seed=args.seed)
         print(f"Upcycled {args.upcycle} with a {report.router} router: {report.layers}")
         # Rebuilt under the registry name, so that its weights load into create_model's.
-        model = create_model(args.model, num_classes=data.num_classes, input_shape=shape)
+        model = create_model(args.model, num_classes=data.num_classes, input_shape=shape,
+                             moe=moe_config(args))
         model.set_weights(moe.get_weights())
         return model
     if args.model in PEERS:
         return cnn_peer(data.num_classes, args.size, PEERS[args.model])
+    if args.routing:
+        return create_model(args.model, num_classes=data.num_classes, input_shape=shape,
+                            moe=moe_config(args))
     return create_model(args.model, num_classes=data.num_classes, input_shape=shape)
+
+
+def moe_config(args):
+    """The registered model's MoE configuration, with --routing if given."""
+    config = get_config(args.model).moe
+    if config is None:
+        if args.routing:
+            raise SystemExit(f"--routing: {args.model} has no experts to route.")
+        return None
+    return dataclasses.replace(config, routing=args.routing) if args.routing else config
+
+
+def run_name(args):
+    """The run's folder and results name: the model, and its routing when --routing says."""
+    return f"{args.model}_{args.routing}" if args.routing else args.model
 
 
 def ship(args, data, run_dir):
@@ -256,6 +275,9 @@ def main(argv=None):
     parser.add_argument("--save-epochs", type=int, nargs="*", default=[],
                         help="also keep epoch<N>.keras (to upcycle an MoE from)")
     parser.add_argument("--upcycle", help="a dense checkpoint to upcycle --model (an MoE) from")
+    parser.add_argument("--routing", choices=("patch", "token", "image", "auto"),
+                        help="the MoE's routing, if not the registered model's (the run "
+                             "folder and results take it as a suffix)")
     parser.add_argument("--initial-epoch", type=int, default=0,
                         help="with --upcycle: resume the schedule here")
     parser.add_argument("--cluster-images", type=int, default=2048)
@@ -271,9 +293,9 @@ def main(argv=None):
                         help="only write the finished run's weights into tinymoe/weights/")
     args = parser.parse_args(argv)
 
-    run_dir = os.path.join(args.out, args.model)
+    run_dir = os.path.join(args.out, run_name(args))
     results = args.results or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           "results", f"pretrain_tinyimagenet_{args.model}")
+                                           "results", f"pretrain_tinyimagenet_{run_name(args)}")
     if args.report:
         return write_report(run_dir, results)
     start = time.time()
@@ -306,7 +328,8 @@ def main(argv=None):
     log = np.atleast_1d(log)
     best_row = log[int(np.argmax(log["val_accuracy"]))]
     summary = {
-        **run_meta(start), "model": args.model, "size": args.size, "epochs": args.epochs,
+        **run_meta(start), "model": args.model, "routing": args.routing,
+        "size": args.size, "epochs": args.epochs,
         "initial_epoch": args.initial_epoch, "upcycled_from": args.upcycle,
         "best_epoch": int(best_row["epoch"]) + 1,
         "val_top1": float(best_row["val_accuracy"]),

@@ -64,6 +64,22 @@ def test_a_router_that_sends_every_patch_to_one_expert_gets_room_for_all_of_them
     assert report.reached and report.agreement >= 0.98
 
 
+def test_per_image_layers_have_no_capacity_only_their_agreement_is_measured():
+    from tinymoe.export import op_table, tflm_invoke, to_tflite
+
+    keras.utils.set_random_seed(0)
+    model = create_model("mobilevit_v2_050", num_classes=4, input_shape=(64, 64, 3),
+                         moe=MoEConfig(num_experts=2, layers=((4, -1),), routing="image"))
+    images, _ = synthetic_images(16, 64, 4)
+    tflite_bytes, report = calibrate_capacity(model, images, images[:8])
+    assert report.layers == {}
+    assert {"GATHER", "ARG_MAX"} <= {row["op"] for row in op_table(tflite_bytes)}
+    masked = to_tflite(with_dispatch(model, "masked"), images[:8])
+    expected = np.mean(np.argmax(tflm_invoke(tflite_bytes, images), 1) ==
+                       np.argmax(tflm_invoke(masked, images), 1))
+    assert report.agreement == pytest.approx(expected)
+
+
 def test_a_balanced_router_gets_the_smallest_capacity(two_expert_model):
     model, images = two_expert_model
     # Images whose top half is dark and bottom half bright: the top two patches of the

@@ -182,6 +182,47 @@ def test_int8_sparse_and_masked_differ_only_where_a_patch_overflows():
     assert np.all(difference[dropped] > 10 * step)
 
 
+def test_per_image_routing_runs_only_the_chosen_experts_macs_in_tflm():
+    positions, patches, dim, hidden, experts = 4, 16, 32, 64, 4
+    rng = np.random.default_rng(4)
+    # Each image gets an offset of its own, so that the images spread over the experts.
+    x = (rng.normal(size=(32, positions, patches, dim)) +
+         rng.normal(size=(32, 1, 1, dim))).astype(np.float32)
+    models, tflite = {}, {}
+    for dispatch in ("masked", "sparse"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((positions, patches, dim), batch_size=1)
+        layer = MoEFeedForward(num_experts=experts, hidden_dim=hidden, dispatch=dispatch,
+                               routing="image")
+        models[dispatch] = keras.Model(inputs, layer(inputs))
+        tflite[dispatch] = to_tflite(models[dispatch], x)
+    chosen = models["masked"].layers[1].route(x)["experts"].numpy().ravel()
+    assert len(set(chosen)) >= 3, np.bincount(chosen)
+    # In float the gather form is the masked form: the same products, summed in another order.
+    floats = {k: np.concatenate([m(x[i:i + 1]).numpy() for i in range(len(x))])
+              for k, m in models.items()}
+    np.testing.assert_allclose(floats["sparse"], floats["masked"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(floats["masked"], numpy_moe(models["masked"].layers[1], x),
+                               rtol=1e-4, atol=1e-4)
+    one_expert = positions * patches * 2 * dim * hidden
+    router = dim * experts
+    macs = {k: sum(row["macs"] for row in op_table(v)) for k, v in tflite.items()}
+    assert macs["sparse"] == one_expert + router, macs
+    assert macs["masked"] >= experts * one_expert
+    ops = {row["op"] for row in op_table(tflite["sparse"])}
+    assert {"GATHER", "ARG_MAX", "FULLY_CONNECTED"} <= ops and "IF" not in ops
+    # TFLM runs the gathered runtime filters as LiteRT's reference kernels do, op by op.
+    scale, zero = tflite_io_quantization(tflite["sparse"])[0]
+    assert_ops_agree(tflite["sparse"], quantize(x[:8], scale, zero))
+    # End to end, the gather form rounds twice more than the masked form (each expert FC's
+    # output before its bias ADD, half a step each at its own scale) and its stacked weights
+    # share one scale; three output steps cover that on top of the masked form's own error.
+    real = {k: tflm_invoke(v, x) for k, v in tflite.items()}
+    step = tflite_output_scale(tflite["sparse"])
+    error = {k: np.abs(real[k] - floats["masked"]).max() for k in real}
+    assert error["sparse"] <= error["masked"] + 3 * step, (error, step)
+
+
 def tflite_io_quantization(tflite_bytes):
     """((input scale, zero point), (output scale, zero point)) of a .tflite model."""
     from ai_edge_litert.interpreter import Interpreter

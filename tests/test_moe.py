@@ -10,7 +10,8 @@ def swish(x):
 
 
 def numpy_moe(layer, x):
-    """Reference: route each patch (or token), run only its chosen experts, scale by gate."""
+    """Reference: route each patch (or token, or image), run only its chosen experts, scale
+    by gate."""
     w_r, b_r = layer.router_kernel.numpy(), layer.router_bias.numpy()
     w_in, b_in = layer.expert_kernel_in.numpy(), layer.expert_bias_in.numpy()
     w_out, b_out = layer.expert_kernel_out.numpy(), layer.expert_bias_out.numpy()
@@ -19,7 +20,8 @@ def numpy_moe(layer, x):
     for b in range(batch):
         for n in range(patches):
             for p in range(positions):
-                route_on = x[b, :, n].mean(axis=0) if layer.routing == "patch" else x[b, p, n]
+                route_on = {"patch": x[b, :, n].mean(axis=0), "token": x[b, p, n],
+                            "image": x[b].mean(axis=(0, 1))}[layer.routing]
                 logits = route_on @ w_r + b_r
                 probs = np.exp(logits - logits.max())
                 probs /= probs.sum()
@@ -42,7 +44,7 @@ def randomised(layer, x, seed=0):
     return layer
 
 
-@pytest.mark.parametrize("routing", ["patch", "token"])
+@pytest.mark.parametrize("routing", ["patch", "token", "image"])
 def test_top1_output_is_the_chosen_expert_times_its_gate(routing):
     x = np.random.default_rng(1).normal(size=(2, 4, 5, 6)).astype(np.float32)
     layer = randomised(MoEFeedForward(num_experts=4, hidden_dim=8, top_k=1, routing=routing), x)
@@ -144,3 +146,11 @@ def test_route_reports_probabilities_gates_and_experts():
 def test_bad_configuration_is_refused_with_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoEFeedForward(**kwargs)
+
+
+def test_per_image_routing_refuses_int8_simulation_by_name():
+    layer = MoEFeedForward(num_experts=2, hidden_dim=8, routing="image", simulate_int8=True,
+                           name="experts")
+    with pytest.raises(NotImplementedError, match="experts: quantisation-aware training of "
+                                                  "per-image routing"):
+        layer(tf.zeros([1, 4, 4, 8]))

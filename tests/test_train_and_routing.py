@@ -141,6 +141,24 @@ def test_upcycled_model_equals_dense_at_step_zero_with_renormalised_gates(dense,
                                model(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_per_image_upcycling_clusters_one_embedding_per_image(dense):
+    model, images = dense
+    config = MoEConfig(num_experts=2, layers=((5, -1),), routing="image",
+                       normalize_gates=True)
+    moe, report = upcycle(model, config, images[:16])
+    key = "stage5_mvit/transformer_2"
+    assert report.layers[key]["embeddings"] == 16  # the mean of each image's tokens
+    assert sum(report.layers[key]["cluster_sizes"]) == 16
+    layer = moe.get_layer("stage5_mvit").transformer[2].ffn
+    assert layer.routing == "image"
+    experts = layer.route(collect_embeddings(model, images[:4], [key], "token")[key].reshape(
+        4, 4, -1, layer.router_kernel.shape[0]))["experts"]
+    assert experts.shape == (4, 1, 1, 1)
+    # Top-1 with renormalised gates and experts copied: the dense model, whatever the router.
+    np.testing.assert_allclose(moe(images, training=False).numpy(),
+                               model(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_without_renormalisation_the_moe_output_is_the_gate_times_the_dense_ffn(dense):
     model, images = dense
     moe, _ = upcycle(model, MoEConfig(num_experts=4, layers=((5, -1),)), images[:16])

@@ -159,9 +159,11 @@ def build_parser():
     upcycle.add_argument("--layers", default="4:-1,5:-1", metavar="STAGE:INDEX,...",
                          help="transformer layers that get experts (default: 4:-1,5:-1, the "
                               "last layer of stages 4 and 5)")
-    upcycle.add_argument("--routing", choices=("auto", "patch", "token"), default="auto",
+    upcycle.add_argument("--routing", choices=("auto", "patch", "token", "image"),
+                         default="auto",
                          help="auto (the default): per patch where a layer has at least 2 x "
-                              "experts patches per image, per token elsewhere")
+                              "experts patches per image, per token elsewhere; image: one "
+                              "expert per image, clustered on whole-image embeddings")
     upcycle.add_argument("--router", choices=("cluster", "random"), default="cluster",
                          help="cluster (the paper's initialisation) or random (baseline)")
     upcycle.add_argument("--linkage", choices=("ward", "complete", "average", "single"),

@@ -33,7 +33,8 @@ def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
         images: ``[B, H, W, C]`` pixel values.
         keys: layer keys ``"<block>/transformer_<i>"``.
         routing: "patch" averages the P pixel tokens of each patch (what a per-patch router
-            sees); "token" keeps every token; or a dict from key to one of them.
+            sees); "token" keeps every token; "image" averages all the tokens of each
+            image; or a dict from key to one of them.
 
     Returns:
         dict from key to float32 ``[num_patches_or_tokens, d]``.
@@ -49,8 +50,11 @@ def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
             raise ValueError(f"The model has no transformer layer {key!r}; it has "
                              f"{sorted(infos)}.")
         tokens = infos[key]["ffn_input"]  # [B, P, N, d]
-        if (routing[key] if isinstance(routing, dict) else routing) == "patch":
+        mode = routing[key] if isinstance(routing, dict) else routing
+        if mode == "patch":
             tokens = tokens.mean(axis=1)  # -> [B, N, d]
+        elif mode == "image":
+            tokens = tokens.mean(axis=(1, 2))  # -> [B, d]
         embeddings[key] = tokens.reshape(-1, tokens.shape[-1]).astype(np.float32)
     return embeddings
 

@@ -127,6 +127,9 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
     layers = moe_layers(model)
     if not layers:
         raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to calibrate.")
+    # Per-image layers have no slots to size: their sparse form runs the chosen expert on
+    # every token. Only their agreement with the masked form is measured.
+    layers = {key: layer for key, layer in layers.items() if layer.routing != "image"}
     if not 0.0 < min_agreement <= 1.0:
         raise ValueError(f"min_agreement must lie in (0, 1], got {min_agreement}.")
     images = np.asarray(images, np.float32)
@@ -155,6 +158,9 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
     # Room for every unit: E slots of units / E each, i.e. a factor of E.
     factors = {key: float(layer.num_experts) for key, layer in layers.items()}
     report, chosen, agreement = {}, None, 0.0
+    if not layers:
+        chosen = convert(1.0)
+        agreement = float(np.mean(top1(chosen) == reference))
     for key, layer in layers.items():
         units, experts = layer.dispatch_units(), layer.num_experts
         tried = []
@@ -173,11 +179,16 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
     # Confirmed in TFLite Micro, where near-ties may fall the other way: while short of the
     # target, the last layer (whose measurement is the whole model's) takes the next factor.
     search_agreement = agreement
-    key, layer = list(layers.items())[-1]
-    units, experts = layer.dispatch_units(), layer.num_experts
-    larger = [f for f in capacity_grid(units, experts, low, high) if f > factors[key]]
+    larger = []
+    if layers:
+        key, layer = list(layers.items())[-1]
+        units, experts = layer.dispatch_units(), layer.num_experts
+        larger = [f for f in capacity_grid(units, experts, low, high) if f > factors[key]]
     reference = top1(masked, "tflm")
-    while True:
+    if not layers:
+        agreement = float(np.mean(top1(chosen, "tflm") == reference))
+        bar.update()
+    while layers:
         agreement = float(np.mean(top1(chosen, "tflm") == reference))
         bar.update()
         bar.set_postfix_str(f"TFLite Micro, {key} x{factors[key]:g}: {agreement:.3f}")

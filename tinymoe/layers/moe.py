@@ -1,9 +1,10 @@
-"""The mixture-of-experts feed-forward with per-patch routing.
+"""The mixture-of-experts feed-forward with per-patch, per-token or per-image routing.
 
 Each of E experts is a feed-forward ``d -> hidden_dim -> d``. A linear router scores the
-experts for each patch (the mean of its P pixel tokens) or, optionally, for each token; the
-top-k experts by router probability are kept and their outputs are summed, each scaled by its
-gate (the router probability, optionally renormalised over the chosen experts).
+experts for each patch (the mean of its P pixel tokens), for each token, or for the whole
+image (the mean of all its tokens); the top-k experts by router probability are kept and
+their outputs are summed, each scaled by its gate (the router probability, optionally
+renormalised over the chosen experts).
 
 Two inference forms, both converting to ops TFLite Micro runs:
 
@@ -19,6 +20,15 @@ Two inference forms, both converting to ops TFLite Micro runs:
   feed-forward (its residual passes through), as in V-MoE. The slot arithmetic is exact
   int32 (see :func:`dispatch_slots`), because the int8 quantisation of counts drifts.
   ``train_dispatch="sparse"`` trains with the same drops (capacity-aware fine-tuning).
+
+Per-image routing (one expert per image, as Mobile V-MoE, arXiv 2309.04354) needs no slots:
+its "sparse" form gathers the chosen expert's weights (GATHER on the stacked ``[E, ...]``
+constants, indexed by the router's ARG_MAX) and runs them as two 2-D FULLY_CONNECTED ops
+with a runtime filter, the biases added by ADD. Only that expert's multiply-accumulates run
+and no patch is ever dropped, so it equals the masked form up to int8 rounding (the stacked
+weights share one per-tensor scale). The filters stay 2-D because CMSIS-NN's fully connected
+kernel takes a fast 1x1-convolution path for higher ranks that ignores a runtime filter's
+zero point.
 """
 
 import math
@@ -28,7 +38,7 @@ from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin
 from tinymoe.layers.int8 import activation_points, int8_activation
 
-ROUTING_MODES = ("patch", "token")
+ROUTING_MODES = ("patch", "token", "image")
 # The weights of the experts, each ``[E, ...]``: one expert is a dense feed-forward's weights
 # (:func:`tinymoe.layers.feedforward.feedforward_weights`).
 EXPERT_WEIGHTS = ("expert_kernel_in", "expert_bias_in", "expert_kernel_out", "expert_bias_out")
@@ -172,7 +182,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         top_k: int, 1 <= top_k <= num_experts, experts used per patch (or token).
         activation: expert activation, "swish" or "hard_swish" (or "relu").
         routing: "patch" (the P pixels of a patch go to the same expert, routed on their
-            mean) or "token" (each pixel token routed on its own).
+            mean), "token" (each pixel token routed on its own) or "image" (every token of
+            an image goes to the same expert, routed on the mean of all of them).
         aux_loss_weight: float, weight of the load-balancing loss added with ``add_loss``
             during training; 0 disables it.
         normalize_gates: bool, divide the chosen gates by their sum (with top_k=1 every gate
@@ -249,10 +260,13 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         super().build(input_shape)
 
     def router_probs(self, x, training=None):
-        """Router probabilities ``[B, 1, N, E]`` (patch routing) or ``[B, P, N, E]`` (token)."""
+        """Router probabilities ``[B, 1, N, E]`` (patch routing), ``[B, P, N, E]`` (token)
+        or ``[B, 1, 1, E]`` (image)."""
         q = lambda name, value: self.int8(name, value, training)  # noqa: E731
         if self.routing == "patch":
             x = q("router_mean", tf.reduce_mean(x, axis=1, keepdims=True))  # [B, 1, N, d]
+        elif self.routing == "image":
+            x = q("router_mean", tf.reduce_mean(x, axis=[1, 2], keepdims=True))  # [B, 1, 1, d]
         logits = q("router", _pointwise(x, self.router_kernel) + self.router_bias)
         return q("softmax", tf.nn.softmax(logits, axis=-1))
 
@@ -260,6 +274,12 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         # The router's MEAN, CONV_2D and SOFTMAX; each expert's hidden layer (and its
         # activation); the experts' outputs, which share one range (the CONCATENATION that
         # joins them in the int8 graph unifies it); the gated output (MUL).
+        if self.routing == "image":
+            raise NotImplementedError(
+                f"{self.name}: quantisation-aware training of per-image routing is not "
+                "supported yet (its int8 graph gathers the chosen expert's weights, which "
+                "the int8 simulation does not model). Convert it post-training (tinymoe "
+                "export without --qat), or route per patch or token.")
         experts = sum((activation_points(f"expert{e}", self.activation)
                        for e in range(self.num_experts)), ())
         mean = ("router_mean",) if self.routing == "patch" else ()
@@ -286,6 +306,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         return {"probs": probs, "gates": gates, "experts": tf.cast(experts, tf.int32)}
 
     def call(self, x, training=None):
+        if self.routing == "image":
+            return self._call_image(x, training)
         if (self.train_dispatch if training else self.dispatch) == "sparse":
             if training:
                 probs = self.router_probs(x, training)
@@ -303,6 +325,41 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         if self.simulate_int8:
             return self._combine_int8(x, gates, training)
         return self.combine(x, gates)
+
+    def _call_image(self, x, training):
+        """Per-image routing: the gather form for one image at inference with sparse
+        dispatch (what the device runs), else every expert under its image's gate (the
+        masked form; in float both give the same values, and no image is ever dropped)."""
+        form = self.train_dispatch if training else self.dispatch
+        if not training and form == "sparse" and x.shape[0] == 1:
+            return self._image_select(x)
+        probs = self.router_probs(x, training)
+        gates, mask = self.gates(probs)
+        if training:
+            self._add_balance_loss(probs, mask)
+        # Every patch takes its image's gates: [B, 1, 1, E] -> [B, 1, N, E].
+        return self.combine(x, gates * tf.ones([1, 1, x.shape[2], 1], gates.dtype))
+
+    def _image_select(self, x):
+        """One image through its chosen expert alone: the expert's weights are gathered
+        from the stacked ones and run as 2-D matrix products (FULLY_CONNECTED with a
+        runtime filter in the int8 graph)."""
+        positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
+        probs = tf.reshape(self.router_probs(x), [self.num_experts])
+        chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
+        tokens = tf.reshape(x, [positions * patches, dim])
+        # Filters as FULLY_CONNECTED holds them, [out, in]: [E, h, d] and [E, d, h].
+        kernel_in = tf.gather(tf.transpose(self.expert_kernel_in, [0, 2, 1]), chosen)
+        hidden = (tf.matmul(tokens, kernel_in, transpose_b=True) +
+                  tf.gather(self.expert_bias_in, chosen))
+        if self._act is not None:
+            hidden = self._act(hidden)
+        kernel_out = tf.gather(tf.transpose(self.expert_kernel_out, [0, 2, 1]), chosen)
+        out = (tf.matmul(hidden, kernel_out, transpose_b=True) +
+               tf.gather(self.expert_bias_out, chosen))
+        if not self.normalize_gates:  # a renormalised single gate is 1
+            out = out * tf.reduce_max(probs)
+        return tf.reshape(out, [1, positions, patches, dim])
 
     def _combine_int8(self, x, gates, training):
         """:meth:`combine` with the int8 points of the exported graph: each expert's output
@@ -340,8 +397,11 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def dispatch_units(self):
         """What one image's sparse dispatch shares out among the experts: its N patches
-        (per-patch routing) or its P x N tokens (per-token routing). Known once built."""
+        (per-patch routing), its P x N tokens (per-token routing), or the image itself
+        (per-image routing: 1, no slots). Known once built."""
         positions, patches = self.tokens_shape
+        if self.routing == "image":
+            return 1
         return int(patches) if self.routing == "patch" else int(positions) * int(patches)
 
     def capacity(self, num_patches):
@@ -350,6 +410,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def sparse_combine(self, x):
         """Fixed-capacity top-1 dispatch (inference): each expert runs on its slots only."""
+        if self.routing == "image":
+            return tf.map_fn(lambda item: self._image_select(item[None])[0], x)
         if x.shape[0] == 1:
             return self._sparse_one(x)
         return tf.map_fn(lambda item: self._sparse_one(item[None])[0], x)

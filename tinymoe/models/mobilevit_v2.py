@@ -24,7 +24,8 @@ from tinymoe.layers.patches import check_pad_mode
 
 TOTAL_STRIDE = 32
 TRANSFORMER_STAGES = (3, 4, 5)
-# What a model's MoE configuration may say: "auto" becomes "patch" or "token" per layer.
+# What a model's MoE configuration may say: "auto" becomes "patch" or "token" per layer;
+# "image" routes every layer per image.
 MODEL_ROUTING_MODES = ROUTING_MODES + ("auto",)
 
 
@@ -38,13 +39,13 @@ def resolve_routing(routing, num_patches, num_experts, where):
     others per patch; an explicit "patch" is refused there.
 
     Args:
-        routing: "patch", "token" or "auto".
+        routing: "patch", "token", "image" or "auto".
         num_patches: patches per image at the layer.
         num_experts: E.
         where: the layer's name, for the error message.
 
     Returns:
-        "patch" or "token".
+        "patch", "token" or "image".
 
     Example:
         >>> resolve_routing("auto", 4, 4, "stage5_mvit")
@@ -75,7 +76,8 @@ class MoEConfig:
             stage 3, 4 or 5 (the three MobileViTv2 stages with attention), index within that
             stage's transformer layers (negative counts from the end).
         routing: "auto" (per patch where a layer has at least 2 x E patches per image, per
-            token elsewhere), "patch" (refused for a layer with fewer patches) or "token".
+            token elsewhere), "patch" (refused for a layer with fewer patches), "token", or
+            "image" (one expert per image: only its MACs run on the device).
         activation: expert activation, "swish" or "hard_swish".
         expert_hidden_dim: hidden width of each expert; None keeps the dense feed-forward's
             width, so that experts can start as copies of a trained dense feed-forward.
