@@ -316,3 +316,26 @@ def test_lut_compressed_experts_run_on_cortex_m3_as_in_python(flagship, tmp_path
     assert f"// {run.arena_used_bytes} bytes, plus a margin" in settings
     assert main(["export", str(path), "--out", str(tmp_path / "bad"), "--lut", "experts"]) == 2
     assert "--lut takes GROUP:BITS" in capsys.readouterr().err
+
+
+def test_per_image_moe_on_the_cortex_m7_cmsis_nn_build_reproduces_python_tflm(tmp_path):
+    """Per-image routing gathers the chosen expert's int8 weights and feeds them to
+    FULLY_CONNECTED as a runtime filter. CMSIS-NN then computes the filter's sums at run time,
+    and it has a 1x1-convolution path (rank > 2) that ignores a filter's zero point: equal
+    bytes on images routed to different experts show that the path taken is right."""
+    _require("cortex-m7")
+    from tinymoe.models import MoEConfig, read_routing
+
+    keras.utils.set_random_seed(0)
+    images, _ = synthetic_images(24, SIZE, CLASSES, seed=3)
+    images = np.round(images)
+    model = create_model("mobilevit_v2_mcu_moe", num_classes=CLASSES,
+                         input_shape=(SIZE, SIZE, 3),
+                         moe=MoEConfig(layers=((4, -1),), routing="image"))
+    tflite_bytes = to_tflite(with_dispatch(model, "sparse"), images[:16])
+    assert {"GATHER", "ARG_MAX", "FULLY_CONNECTED"} <= set(op_names(tflite_bytes))
+    test_images = np.concatenate([images[16:], np.full((1, SIZE, SIZE, 3), 128.0)])
+    experts = next(iter(read_routing(model, test_images).values()))["experts"].ravel()
+    assert len(set(experts)) >= 2, experts
+    run = run_firmware(tflite_bytes, test_images, target="cortex-m7", workdir=str(tmp_path))
+    _assert_same_as_python_tflm(run, tflite_bytes, test_images)
