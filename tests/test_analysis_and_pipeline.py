@@ -134,6 +134,27 @@ def test_atomic_path_writes_files_with_the_mode_open_gives(tmp_path):
         os.umask(old_mask)
 
 
+def test_cli_upcycles_per_image_routing_and_analyzes_it(tmp_path, monkeypatch):
+    images, labels = synthetic_images(12, 64, 3)
+    data = ImageData(images.astype(np.uint8), labels, np.array(["train"] * 8 + ["val"] * 4),
+                     ["a", "b", "c"], np.array([""] * 12))
+    monkeypatch.setattr("tinymoe.data.load_dataset", lambda source, size: data)
+    create_model("mobilevit_v2_050", num_classes=3, input_shape=(64, 64, 3)).save(
+        tmp_path / "dense.keras")
+    out = tmp_path / "moe.keras"
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out), "--experts",
+                 "2", "--layers", "4:-1", "--routing", "image", "--images", "8"]) == 0
+    report = json.loads((tmp_path / "moe_upcycle.json").read_text())
+    # One whole-image embedding per training image is clustered, not patches or tokens.
+    assert sum(report["layers"]["stage4_mvit/transformer_3"]["cluster_sizes"]) == 8
+    assert [layer.routing for layer in load_model(str(out))._flatten_layers()
+            if isinstance(layer, MoEFeedForward)] == ["image"]
+    assert main(["analyze", str(out), "--out", str(tmp_path / "analysis")]) == 0
+    analysis = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    load = analysis["layers"]["stage4_mvit/transformer_3"]["load"]
+    assert sum(load) == pytest.approx(1.0)
+
+
 def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch,
                                                                   capsys):
     """The CLI path on a small untrained dense model and a tiny image folder."""

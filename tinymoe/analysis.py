@@ -80,8 +80,9 @@ def analyze(model, images, labels, num_classes, batch_size=32):
 
     Returns:
         dict from layer key to ``{"affinity", "paper_affinity", "load", "experts", "grid",
-        "patch_pixels"}``: ``experts`` is the top-1 expert per patch ``[B, gh, gw]`` (patch
-        routing) and ``grid``/``patch_pixels`` place the patches on the image.
+        "patch_pixels"}``: ``experts`` is the top-1 expert per patch ``[B, gh, gw]`` (the
+        majority of its tokens with token routing, its image's with image routing) and
+        ``grid``/``patch_pixels`` place the patches on the image.
 
     Example:
         >>> results = analyze(moe_model, val_images, val_labels, num_classes=10)
@@ -96,6 +97,8 @@ def analyze(model, images, labels, num_classes, batch_size=32):
         top1 = routing["experts"][..., 0]  # [B, 1 or P, N]
         grid, patch_pixels = _patch_layout(model, key.split("/")[0], images.shape[1])
         patch_experts = top1[:, 0] if top1.shape[1] == 1 else _majority(top1, num_experts)
+        if patch_experts.shape[1] == 1:  # per-image routing: each patch, its image's expert
+            patch_experts = np.repeat(patch_experts, grid[0] * grid[1], axis=1)
         results[key] = {
             "affinity": affinity_matrix(top1.reshape(len(labels), -1), labels, num_classes,
                                         num_experts),
