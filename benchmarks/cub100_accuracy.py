@@ -45,8 +45,8 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
-            "mcu_dense", "mcu_moe_cluster", "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer",
-            "cnn_peer_100")
+            "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_wide", "mcu_wide_moe_cluster",
+            "cnn_peer", "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
 # to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
 # combined. "bnpre": the transformer's pre-norms as batch norms (norm="batch"; the labels are
@@ -211,30 +211,34 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     # Compared against an upcycled MoE, which trained epochs + moe-epochs in all.
     compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
         args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
-    # (dense variant, its registry name, MoE variant upcycled from it, the MoE's registry name)
+    # (dense variant, its registry name, {MoE variant upcycled from it: its MoE config})
+    per_image = dataclasses.replace(get_config("mobilevit_v2_mcu_moe").moe, routing="image")
     if "mcu" in wanted:
         start = time.time()
         summary = train("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu", recipe, augment,
                         args.reuse, weights=args.weights)
         record("mcu", summary, start, args.epochs)
-    for dense_name, registered, moe_name, moe_registered in (
-            ("mcu_dense", "mobilevit_v2_mcu_layernorm", "mcu_moe_cluster",
-             "mobilevit_v2_mcu_moe"),
-            ("mcu_wide", "mobilevit_v2_mcu_wide", "mcu_wide_moe_cluster",
-             "mobilevit_v2_mcu_wide_moe")):
-        if not wanted & {dense_name, moe_name}:
+    for dense_name, registered, moes in (
+            ("mcu_dense", "mobilevit_v2_mcu_layernorm",
+             {"mcu_moe_cluster": get_config("mobilevit_v2_mcu_moe").moe,
+              "mcu_moe_image": per_image}),
+            ("mcu_wide", "mobilevit_v2_mcu_wide",
+             {"mcu_wide_moe_cluster": get_config("mobilevit_v2_mcu_wide_moe").moe})):
+        if not wanted & {dense_name, *moes}:
             continue
         start = time.time()
         # Without an MoE on one schedule, mcu_wide is the comparison for the MCU flagship.
-        config = (recipe if moe_name in wanted or dense_name == "mcu_dense" else compare)
+        config = (recipe if wanted & set(moes) or dense_name == "mcu_dense" else compare)
         dense = train(registered, data, f"{out}/seed{seed}/{dense_name}", config, augment,
                       args.reuse, weights=args.weights)
         if dense_name in wanted:
             record(dense_name, dense, start, config.epochs)
-        if moe_name in wanted:
+        for moe_name, moe_config in moes.items():
+            if moe_name not in wanted:
+                continue
             start = time.time()
             path = f"{out}/seed{seed}/{moe_name}_init.keras"
-            upcycle_run(upcycle_from(dense, args), data, path, get_config(moe_registered).moe,
+            upcycle_run(upcycle_from(dense, args), data, path, moe_config,
                         router="cluster", num_images=args.cluster_images, seed=seed)
             summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
                             args.reuse)
