@@ -153,6 +153,17 @@ def test_cli_upcycles_per_image_routing_and_analyzes_it(tmp_path, monkeypatch):
     analysis = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     load = analysis["layers"]["stage4_mvit/transformer_3"]["load"]
     assert sum(load) == pytest.approx(1.0)
+    # Super-classes: the router learns to predict them, and training logs that loss.
+    supervised = tmp_path / "supervised.keras"
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(supervised),
+                 "--experts", "2", "--layers", "4:-1", "--routing", "image", "--router",
+                 "superclass", "--images", "8"]) == 0
+    report = json.loads((tmp_path / "supervised_upcycle.json").read_text())
+    assert len(report["layers"]["stage4_mvit/transformer_3"]["superclasses"]) == 3
+    assert main(["train", "--model", str(supervised), "--out", str(tmp_path / "trained"),
+                 "--epochs", "1", "--batch-size", "4"]) == 0
+    log = (tmp_path / "trained" / "log.csv").read_text().splitlines()
+    assert "router_loss" in log[0].split(",") and len(log) == 2
 
 
 def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch,

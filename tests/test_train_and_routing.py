@@ -10,8 +10,9 @@ from tinymoe.backend import keras
 from tinymoe.layers import MoEFeedForward
 from tinymoe.models import MoEConfig, create_model
 from tinymoe.routing import (
-    cluster_embeddings, collect_embeddings, router_from_centroids, upcycle)
-from tinymoe.train import TrainConfig, fit, learning_rate_schedule
+    cluster_embeddings, collect_embeddings, router_from_centroids, superclasses, upcycle)
+from tinymoe.train import (TrainConfig, compile_for_training, fit, learning_rate_schedule,
+                           supervise_routers)
 
 
 def test_schedule_warms_up_then_decays_by_cosine():
@@ -157,6 +158,64 @@ def test_per_image_upcycling_clusters_one_embedding_per_image(dense):
     # Top-1 with renormalised gates and experts copied: the dense model, whatever the router.
     np.testing.assert_allclose(moe(images, training=False).numpy(),
                                model(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_superclasses_group_the_classes_whose_images_lie_together():
+    rng = np.random.default_rng(0)
+    # Six classes: 0, 2, 4 around one point, 1, 3, 5 around another far away.
+    centres = np.where(np.arange(6)[:, None] % 2 == 0, 0.0, 10.0) + rng.normal(0, 0.3, (6, 8))
+    labels = np.repeat(np.arange(6), 20)
+    embeddings = centres[labels] + rng.normal(0, 0.3, (120, 8))
+    table, centroids = superclasses(embeddings, labels, num_experts=2)
+    assert len(set(table[0::2])) == len(set(table[1::2])) == 1 and table[0] != table[1]
+    np.testing.assert_allclose(centroids[table[0]], embeddings[labels % 2 == 0].mean(0),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="2 classes among the images cannot form 3"):
+        superclasses(embeddings[:40], labels[:40], num_experts=3)
+
+
+def test_superclass_upcycling_keeps_the_classes_groups_in_the_saved_model(dense, tmp_path):
+    model, images = dense
+    labels = np.arange(16) % 3
+    config = MoEConfig(num_experts=2, layers=((5, -1),), routing="image")
+    moe, report = upcycle(model, config, images[:16], router="superclass", labels=labels)
+    key = "stage5_mvit/transformer_2"
+    groups = report.layers[key]["superclasses"]
+    assert len(groups) == 3 and set(groups) == {0, 1}  # 3 classes, each expert has some
+    moe.save(tmp_path / "moe.keras")
+    layer = keras.models.load_model(tmp_path / "moe.keras").get_layer(
+        "stage5_mvit").transformer[2].ffn
+    assert layer.superclasses == groups and layer.superclass_loss_weight == 0.3
+    with pytest.raises(ValueError, match="needs per-image routing"):
+        upcycle(model, MoEConfig(layers=((5, -1),)), images[:16], router="superclass",
+                labels=labels)
+    with pytest.raises(ValueError, match="needs the class label of every image"):
+        upcycle(model, config, images[:16], router="superclass")
+    with pytest.raises(ValueError, match="per-image router; this layer routes per patch"):
+        MoEFeedForward(num_experts=2, superclasses=[0, 1])
+    with pytest.raises(ValueError, match=r"an expert in \[0, 2\)"):
+        MoEFeedForward(num_experts=2, routing="image", superclasses=[0, 2])
+
+
+def test_supervised_router_logs_and_learns_the_superclass_loss():
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic_images(16, 64, 4, seed=1)
+    model = create_model("mobilevit_v2_050", num_classes=4, input_shape=(64, 64, 3),
+                         moe=MoEConfig(num_experts=2, layers=((5, -1),), routing="image"))
+    layer = model.get_layer("stage5_mvit").transformer[2].ffn
+    assert supervise_routers(model) == []  # no super-classes: nothing to supervise
+    layer.superclasses = [0, 1, 0, 1]
+    compile_for_training(model, TrainConfig(learning_rate=1e-3, warmup_epochs=0), 8)
+    onehot = np.eye(4, dtype=np.float32)[labels]
+    model(images, training=True)  # the router's probabilities on this batch, before a step
+    probs = layer.last_router_probs.numpy()
+    expected = -np.mean(np.log(probs[np.arange(16), np.array([0, 1, 0, 1])[labels]]))
+    logs = [model.train_on_batch(images, onehot, return_dict=True) for _ in range(8)]
+    # The first step's loss is that of the weights before it: the same float32 math, in a
+    # graph instead of eagerly (fused kernels round differently, ~1e-6 relative).
+    assert logs[0]["router_loss"] == pytest.approx(expected, rel=1e-4)
+    # The router is trained by it: eight steps on one batch lower it.
+    assert logs[-1]["router_loss"] < logs[0]["router_loss"]
 
 
 def test_without_renormalisation_the_moe_output_is_the_gate_times_the_dense_ffn(dense):

@@ -164,8 +164,12 @@ def build_parser():
                          help="auto (the default): per patch where a layer has at least 2 x "
                               "experts patches per image, per token elsewhere; image: one "
                               "expert per image, clustered on whole-image embeddings")
-    upcycle.add_argument("--router", choices=("cluster", "random"), default="cluster",
-                         help="cluster (the paper's initialisation) or random (baseline)")
+    upcycle.add_argument("--router", choices=("cluster", "random", "superclass"),
+                         default="cluster",
+                         help="cluster (the paper's initialisation), random (baseline), or "
+                              "superclass (with --routing image: classes clustered into one "
+                              "super-class per expert; training then teaches the router "
+                              "to predict them)")
     upcycle.add_argument("--linkage", choices=("ward", "complete", "average", "single"),
                          default="ward")
     upcycle.add_argument("--images", type=int, default=512,

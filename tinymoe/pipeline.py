@@ -152,8 +152,9 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
                 **upcycle_kwargs):
     """Upcycles the dense model at ``dense_path`` and writes the MoE model to ``out_path``.
 
-    Clusters the patches of ``num_images`` training images; writes ``out_path`` (``.keras``)
-    and a JSON report beside it.
+    Clusters the patches of ``num_images`` training images (a seeded random sample, so that
+    every class can be among them); writes ``out_path`` (``.keras``) and a JSON report
+    beside it.
 
     Example:
         >>> moe, summary = upcycle_run("runs/dense/best.keras", data, "runs/moe_init.keras",
@@ -164,9 +165,15 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
     if not out_path.endswith(".keras"):
         raise ValueError(f"The output must be a .keras file, got {out_path!r}.")
     dense = load_model(dense_path)
-    x_train, _ = data.split("train")
-    moe, report = upcycle(dense, moe_config, x_train[:num_images], router=router,
-                          **upcycle_kwargs)
+    x_train, y_train = data.split("train")
+    # A seeded sample of the whole split: image folders list the classes one after another,
+    # so the first images would show the clustering a few classes only.
+    pick = np.sort(np.random.default_rng(upcycle_kwargs.get("seed", 0)).permutation(
+        len(x_train))[:num_images])
+    if router == "superclass":
+        upcycle_kwargs = {"labels": y_train[pick], "num_classes": data.num_classes,
+                          **upcycle_kwargs}
+    moe, report = upcycle(dense, moe_config, x_train[pick], router=router, **upcycle_kwargs)
     with atomic_path(out_path) as tmp:
         moe.save(tmp)
     summary = {"router": report.router, "layers": report.layers, "dense": dense_path,
@@ -196,7 +203,9 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
     if isinstance(dense_model, str):
         dense_model = load_model(dense_model)
     images, labels = data.split(split)
-    images, labels = images[:max_images], labels[:max_images]
+    if len(images) > max_images:  # a seeded sample of every class, not the first classes
+        pick = np.sort(np.random.default_rng(0).permutation(len(images))[:max_images])
+        images, labels = images[pick], labels[pick]
     results = analyze(model, images.astype(np.float32), labels, data.num_classes)
     if not results:
         raise ValueError(f"Model {model.name!r} has no mixture-of-experts layer to analyse.")

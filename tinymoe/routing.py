@@ -22,7 +22,7 @@ from tinymoe.models.dispatch import moe_layers
 from tinymoe.models.mobilevit_v2 import num_patches
 from tinymoe.models.tracing import trace
 
-ROUTER_INITS = ("cluster", "random")
+ROUTER_INITS = ("cluster", "random", "superclass")
 
 
 def collect_embeddings(model, images, keys, routing="patch", batch_size=32):
@@ -120,6 +120,38 @@ def router_from_centroids(centroids, embeddings=None, temperature=None):
     return kernel.astype(np.float32), bias.astype(np.float32), float(temperature)
 
 
+def superclasses(embeddings, labels, num_experts, linkage="ward"):
+    """Super-classes: the classes clustered (agglomerative) by the mean of their images'
+    embeddings into ``num_experts`` groups, one per expert.
+
+    Args:
+        embeddings: ``[M, d]``, one per image (see :func:`collect_embeddings`, "image").
+        labels: ``[M]`` class indices.
+        num_experts: number of super-classes.
+        linkage: scikit-learn's linkage.
+
+    Returns:
+        (int array ``[num_classes]``: the super-class of each class, ``-1`` for a class
+        without images; centroids ``[E, d]``: the mean embedding of each super-class's images).
+
+    Example:
+        >>> groups, centroids = superclasses(embeddings, y_train[:2048], num_experts=4)
+    """
+    embeddings = np.asarray(embeddings, np.float64)
+    labels = np.asarray(labels).astype(int)
+    present = np.unique(labels)
+    if len(present) < num_experts:
+        raise ValueError(f"{len(present)} classes among the images cannot form {num_experts} "
+                         "super-classes; use more images or fewer experts.")
+    means = np.stack([embeddings[labels == c].mean(axis=0) for c in present])
+    groups = AgglomerativeClustering(n_clusters=num_experts, linkage=linkage).fit_predict(means)
+    table = np.full(int(labels.max()) + 1, -1)
+    table[present] = groups
+    centroids = np.stack([embeddings[table[labels] == e].mean(axis=0)
+                          for e in range(num_experts)])
+    return table, centroids.astype(np.float32)
+
+
 @dataclasses.dataclass
 class UpcycleReport:
     """What :func:`upcycle` did, per mixture-of-experts layer.
@@ -140,15 +172,20 @@ class UpcycleReport:
 
 
 def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
-            max_samples=4000, noise=0.0, temperature=None, seed=0, batch_size=32):
+            max_samples=4000, noise=0.0, temperature=None, seed=0, batch_size=32,
+            labels=None, num_classes=None):
     """Turns a trained dense MobileViTv2 into a mixture-of-experts model.
 
     Args:
         dense_model: a trained dense model from :func:`tinymoe.models.create_model`.
         moe_config: a :class:`tinymoe.models.MoEConfig` saying which layers get experts.
         images: training images ``[B, H, W, C]`` whose patches are clustered.
-        router: "cluster" (the paper's initialisation) or "random" (the baseline: a
-            randomly initialised router, experts still copied).
+        router: "cluster" (the paper's initialisation), "random" (the baseline: a
+            randomly initialised router, experts still copied) or "superclass" (per-image
+            routing only: the classes are clustered into E super-classes by their mean
+            image embedding, the router starts from the super-classes' centroids, and the
+            layer keeps the super-classes, so that training supervises its router, see
+            :func:`tinymoe.train.supervise_routers`).
         linkage: agglomerative clustering linkage ("ward" by default).
         max_samples: patches clustered per layer at most.
         noise: experts are the dense weights plus Gaussian noise of ``noise`` times each
@@ -157,6 +194,8 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
         seed: seed of the patch subset, the noise and the random router; it reseeds
             Python, NumPy and TensorFlow (``keras.utils.set_random_seed``), so build the
             training data after upcycling, from :func:`tinymoe.train.stream_seed`.
+        labels: class index of each image (``router="superclass"`` only).
+        num_classes: the number of classes (default: the dense model's outputs).
 
     Returns:
         (moe_model, :class:`UpcycleReport`).
@@ -166,20 +205,50 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
     """
     if router not in ROUTER_INITS:
         raise ValueError(f"router must be one of {ROUTER_INITS}, got {router!r}.")
+    if router == "superclass":
+        if moe_config.routing != "image":
+            raise ValueError(f"router='superclass' needs per-image routing (routing='image'),"
+                             f" got routing={moe_config.routing!r}.")
+        if labels is None or len(labels) != len(images):
+            raise ValueError("router='superclass' needs the class label of every image.")
     keras.utils.set_random_seed(seed)
     moe_model = _moe_architecture(dense_model, moe_config)
-    _copy_shared_weights(dense_model, moe_model)
     keys = list(moe_layers(moe_model))
     routings = {key: moe.routing for key, moe in moe_layers(moe_model).items()}
     embeddings = (collect_embeddings(dense_model, images, keys, routings, batch_size)
-                  if router == "cluster" else {})
+                  if router != "random" else {})
+    groups = {}
+    if router == "superclass":
+        classes = int(num_classes or dense_model.output_shape[-1])
+        for key in keys:
+            table, centroids = superclasses(embeddings[key], labels, moe_config.num_experts,
+                                            linkage)
+            if len(table) > classes:
+                raise ValueError(f"labels go up to {len(table) - 1}, but the model has "
+                                 f"{classes} classes.")
+            # A class no image showed goes to expert 0 (the report counts those seen).
+            table = np.concatenate([table, np.full(classes - len(table), -1)])
+            groups[key] = (table, centroids)
+        # The super-classes are part of the architecture (the layers keep them).
+        keras.utils.set_random_seed(seed)
+        moe_model = _moe_architecture(dense_model, moe_config, {
+            key: [int(v) for v in np.maximum(table, 0)] for key, (table, _) in groups.items()})
+    _copy_shared_weights(dense_model, moe_model)
     rng = np.random.default_rng(seed)
     report = {}
     for key, moe in moe_layers(moe_model).items():
         block_name, layer_name = key.split("/")
         index = int(layer_name.rsplit("_", 1)[1])
         _copy_experts(dense_model.get_layer(block_name).transformer[index].ffn, moe, noise, rng)
-        if router == "cluster":
+        if router == "superclass":
+            table, centroids = groups[key]
+            kernel, bias, used = router_from_centroids(centroids, embeddings[key], temperature)
+            moe.router_kernel.assign(kernel)
+            moe.router_bias.assign(bias)
+            report[key] = {"superclasses": [int(v) for v in moe.superclasses],
+                           "classes_seen": int((table >= 0).sum()), "temperature": used,
+                           "embeddings": len(embeddings[key])}
+        elif router == "cluster":
             centroids, sizes = cluster_embeddings(embeddings[key], moe.num_experts, linkage,
                                                   max_samples, seed)
             kernel, bias, used = router_from_centroids(centroids, embeddings[key], temperature)
@@ -192,8 +261,9 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
     return moe_model, UpcycleReport(router, report)
 
 
-def _moe_architecture(dense_model, moe_config):
-    """The dense model's architecture with experts in the layers ``moe_config`` names."""
+def _moe_architecture(dense_model, moe_config, superclasses=None):
+    """The dense model's architecture with experts in the layers ``moe_config`` names
+    (``superclasses``: layer key -> the super-class of each class, for those that have)."""
     config = dense_model.get_config()
     by_name = {layer["config"]["name"]: layer for layer in config["layers"]}
     wanted = {}
@@ -214,6 +284,9 @@ def _moe_architecture(dense_model, moe_config):
                              f"{block_name!r}, got {hidden}.")
         height, width = dense_model.get_layer(block_name).input_shape[1:3]
         block["moe_layers"] = list(indices)
+        block["superclasses"] = {
+            key.split("_")[-1]: groups for key, groups in (superclasses or {}).items()
+            if key.startswith(f"{block_name}/")}
         block["moe"] = moe_config.layer_kwargs(num_patches(height, width, block["patch_size"]),
                                                block_name)
     config["name"] = f"{dense_model.name}_moe"

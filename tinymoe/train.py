@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import types
 
 from tinymoe.backend import keras, tf
 
@@ -148,7 +149,8 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
     """Compiles ``model`` with the recipe: AdamW, the schedule, smoothed cross-entropy.
 
     Labels are one-hot (as :func:`tinymoe.augment.make_dataset` yields them); the model
-    returns logits. A mixture of experts adds its load-balancing loss itself.
+    returns logits. A mixture of experts adds its load-balancing loss itself; per-image
+    routers with super-classes get their loss from :func:`supervise_routers`.
 
     Example:
         >>> compile_for_training(model, TrainConfig(), steps_per_epoch=111)
@@ -164,7 +166,58 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         run_eagerly=run_eagerly, jit_compile=bool(config.jit_compile) and not run_eagerly)
+    supervise_routers(model)
     return model
+
+
+def supervise_routers(model):
+    """Makes ``model.fit`` train each per-image router that has super-classes to predict the
+    super-class of the image's label: the loss gains ``superclass_loss_weight`` times the
+    router's cross-entropy against it, and the logs a ``router_loss`` (the mean over those
+    layers). Installs a training step on this model object (nothing is saved with it);
+    without such a router it does nothing. Call it after ``compile``.
+
+    Returns:
+        the supervised layers (a list, empty if none).
+
+    Example:
+        >>> model.compile(...)
+        >>> supervise_routers(model)
+        >>> model.fit(train)  # logs loss, accuracy and router_loss
+    """
+    from tinymoe.models import moe_layers
+
+    layers = [layer for layer in moe_layers(model).values()
+              if layer.superclasses is not None and layer.superclass_loss_weight > 0]
+    if not layers:
+        return []
+    tables = [tf.constant(layer.superclasses, tf.int32) for layer in layers]
+    tracker = keras.metrics.Mean(name="router_loss")
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        label = tf.argmax(y, axis=-1, output_type=tf.int32)  # one-hot (or mixed) labels
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+            router_losses = [tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                tf.gather(table, label), layer.last_router_probs))
+                for layer, table in zip(layers, tables)]
+            loss += tf.add_n([layer.superclass_loss_weight * value
+                              for layer, value in zip(layers, router_losses)])
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        tracker.update_state(tf.add_n(router_losses) / len(layers))
+        logs = self.compute_metrics(x, y, y_pred, sample_weight)
+        return {**logs, "router_loss": tracker.result()}
+
+    def reset_metrics(self):
+        type(self).reset_metrics(self)
+        tracker.reset_state()
+
+    model.train_step = types.MethodType(train_step, model)
+    model.reset_metrics = types.MethodType(reset_metrics, model)
+    model.train_function = None  # rebuilt with the new step
+    return layers
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -199,6 +199,12 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         priority: which patches keep their slots when an expert overflows in sparse
             dispatch: "gate" (the highest gates, as V-MoE's batch prioritised routing) or
             "order" (the first patches).
+        superclasses: per-image routing only: the super-class (an expert index) of each
+            class, or None. With them, training adds ``superclass_loss_weight`` times the
+            cross-entropy of the router against the super-class of the image's label (Mobile
+            V-MoE's router supervision, weight 0.3 there); see
+            :func:`tinymoe.train.compile_for_training`, which installs that loss.
+        superclass_loss_weight: float >= 0, the weight of that loss.
 
     Weights: ``router_kernel [d, E]``, ``router_bias [E]``, ``expert_kernel_in [E, d, h]``,
     ``expert_bias_in [E, h]``, ``expert_kernel_out [E, h, d]``, ``expert_bias_out [E, d]``.
@@ -214,7 +220,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
     def __init__(self, num_experts=4, hidden_dim=64, top_k=1, activation="swish",
                  routing="patch", aux_loss_weight=0.01, normalize_gates=False,
                  dispatch="masked", capacity_factor=1.25, priority="gate",
-                 train_dispatch="masked", **kwargs):
+                 train_dispatch="masked", superclasses=None, superclass_loss_weight=0.3,
+                 **kwargs):
         super().__init__(**kwargs)
         validate_moe_args(num_experts, top_k, routing, hidden_dim)
         validate_dispatch(dispatch, capacity_factor, top_k, num_experts)
@@ -233,6 +240,12 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         self.aux_loss_weight = float(aux_loss_weight)
         self.normalize_gates = bool(normalize_gates)
         self._act = get_activation(self.activation)
+        self.superclasses = validate_superclasses(superclasses, self.num_experts, routing)
+        if float(superclass_loss_weight) < 0:
+            raise ValueError(f"superclass_loss_weight must be at least 0, got "
+                             f"{superclass_loss_weight}.")
+        self.superclass_loss_weight = float(superclass_loss_weight)
+        self.last_router_probs = None  # the last training call's, for the super-class loss
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -337,6 +350,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         gates, mask = self.gates(probs)
         if training:
             self._add_balance_loss(probs, mask)
+            self.last_router_probs = probs[:, 0, 0]  # [B, E]
         # Every patch takes its image's gates: [B, 1, 1, E] -> [B, 1, N, E].
         return self.combine(x, gates * tf.ones([1, 1, x.shape[2], 1], gates.dtype))
 
@@ -461,7 +475,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                 "hidden_dim": self.hidden_dim, "top_k": self.top_k,
                 "activation": self.activation, "routing": self.routing,
                 "aux_loss_weight": self.aux_loss_weight,
-                "normalize_gates": self.normalize_gates}
+                "normalize_gates": self.normalize_gates, "superclasses": self.superclasses,
+                "superclass_loss_weight": self.superclass_loss_weight}
 
 
 def validate_moe_args(num_experts, top_k, routing, hidden_dim=1, modes=ROUTING_MODES):
@@ -480,6 +495,25 @@ def validate_moe_args(num_experts, top_k, routing, hidden_dim=1, modes=ROUTING_M
         raise ValueError(f"routing must be one of {modes}, got {routing!r}.")
     if int(hidden_dim) < 1:
         raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
+
+
+def validate_superclasses(superclasses, num_experts, routing):
+    """``superclasses`` as a list of ints (or None), or a ValueError naming what is wrong.
+
+    Example:
+        >>> validate_superclasses([0, 1, 1], num_experts=2, routing="image")
+        [0, 1, 1]
+    """
+    if superclasses is None:
+        return None
+    values = [int(v) for v in superclasses]
+    if routing != "image":
+        raise ValueError(f"Super-classes supervise a per-image router; this layer routes per "
+                         f"{routing}.")
+    if not values or min(values) < 0 or max(values) >= int(num_experts):
+        raise ValueError(f"superclasses must give each class an expert in [0, {num_experts}),"
+                         f" got {values}.")
+    return values
 
 
 def validate_dispatch(dispatch, capacity_factor, top_k, num_experts):

@@ -128,6 +128,9 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         capacity_factors: dict from a layer index (of ``moe_layers``) to its own sparse
             dispatch capacity factor, overriding ``moe``'s (calibrated per layer, see
             :func:`tinymoe.export.calibrate_capacity`).
+        superclasses: dict from a layer index (of ``moe_layers``, routed per image) to the
+            super-class of each class (see :func:`tinymoe.routing.upcycle`,
+            ``router="superclass"``).
         activation: activation of the convolutions and feed-forwards.
         bn_momentum: float, batch norm momentum.
         dropout: float, dropout inside the transformer layers.
@@ -145,7 +148,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
 
     def __init__(self, attn_dim, ffn_dim, num_layers, patch_size=2, moe_layers=(), moe=None,
                  activation="swish", bn_momentum=0.9, dropout=0.0, capacity_factors=None,
-                 pad_mode="edge", norm="layer", **kwargs):
+                 pad_mode="edge", norm="layer", superclasses=None, **kwargs):
         super().__init__(**kwargs)
         self.attn_dim = int(attn_dim)
         self.ffn_dim = int(ffn_dim)
@@ -157,10 +160,13 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         self.moe = None if moe is None else dict(moe)
         self.capacity_factors = {_layer_index(i, self.num_layers): float(f)
                                  for i, f in (capacity_factors or {}).items()}
-        stray = sorted(set(self.capacity_factors) - set(self.moe_layers))
-        if stray:
-            raise ValueError(f"{self.name}: capacity_factors for layers {stray}, which have "
-                             f"no experts (moe_layers={self.moe_layers}).")
+        self.superclasses = {_layer_index(i, self.num_layers): [int(v) for v in groups]
+                             for i, groups in (superclasses or {}).items()}
+        for name in ("capacity_factors", "superclasses"):
+            stray = sorted(set(getattr(self, name)) - set(self.moe_layers))
+            if stray:
+                raise ValueError(f"{self.name}: {name} for layers {stray}, which have no "
+                                 f"experts (moe_layers={self.moe_layers}).")
         self.activation = activation
         self.bn_momentum = float(bn_momentum)
         self.dropout = float(dropout)
@@ -182,9 +188,12 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         """The MoE arguments of transformer layer ``index`` (None: a dense feed-forward)."""
         if index not in self.moe_layers:
             return None
+        moe = dict(self.moe)
         if index in self.capacity_factors:
-            return {**self.moe, "capacity_factor": self.capacity_factors[index]}
-        return self.moe
+            moe["capacity_factor"] = self.capacity_factors[index]
+        if index in self.superclasses:
+            moe["superclasses"] = self.superclasses[index]
+        return moe
 
     def build(self, input_shape):
         channels, height, width = int(input_shape[-1]), input_shape[1], input_shape[2]
@@ -238,6 +247,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
                 "num_layers": self.num_layers, "patch_size": self.patch_size,
                 "moe_layers": list(self.moe_layers), "moe": self.moe,
                 "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
+                "superclasses": {str(i): g for i, g in self.superclasses.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
                 "dropout": self.dropout, "pad_mode": self.pad_mode, "norm": self.norm_type}
 
