@@ -7,7 +7,10 @@ Each ``--models`` entry is ``LABEL=KERAS``. A model with experts is converted tw
 or, per image, the chosen expert's weights gathered). Both run in TFLite Micro on the same
 ``--images`` validation images; the sparse form also runs in the Cortex-M7 firmware on
 ``--device-images`` of them, and its int8 outputs are compared with TFLite Micro's in
-Python. Data: a cub100-style folder (``--data``) or Tiny ImageNet-200
+Python. With ``--dense KERAS`` (the dense twin the MoEs were upcycled from) each MoE is
+also diagnosed (:func:`tinymoe.analysis.diagnose_experts`: how far its experts moved apart
+and from the dense feed-forward, and top-1 with each layer's experts replaced by their
+mean). Data: a cub100-style folder (``--data``) or Tiny ImageNet-200
 (``--tinyimagenet``, see benchmarks/pretrain.py); only the validation split is used.
 
 Example:
@@ -15,6 +18,7 @@ Example:
         --models dense=runs/pretrain/mobilevit_v2_mcu_layernorm/best.keras \\
         patch=runs/pretrain/mobilevit_v2_mcu_moe/best.keras \\
         image=runs/pretrain/mobilevit_v2_mcu_moe_image/best.keras \\
+        --dense runs/pretrain/mobilevit_v2_mcu_layernorm/epoch8.keras \
         --out benchmarks/results/moe_routing_int8_tinyimagenet
 """
 
@@ -91,7 +95,14 @@ def measure(label, path, args, data_cache):
         row[f"{form}_macs"] = int(sum(r["macs"] for r in op_table(tflite[form])))
     if "masked" in top1:
         row["deployed_agrees_with_masked"] = float(np.mean(top1["deployed"] == top1["masked"]))
-    row.update(on_device(tflite["deployed"], x_val[:args.device_images]))
+    if "masked" in top1 and args.dense:
+        from tinymoe.analysis import diagnose_experts
+
+        diagnosis = diagnose_experts(model, x_val, y_val, load_model(args.dense))
+        row["diagnosis"] = diagnosis
+        row["float_top1_mean_experts"] = diagnosis["top1_mean_experts"]
+    if args.device_images:
+        row.update(on_device(tflite["deployed"], x_val[:args.device_images]))
     print(row, flush=True)
     return row
 
@@ -106,16 +117,29 @@ def markdown(rows, meta):
              "| deployed = masked | MACs deployed | MACs masked | model array bytes "
              "| M7 instructions | M7 arena | firmware = Python TFLM (top-1, max LSB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    verdicts = [f"- {r['variant']}: {r['diagnosis']['verdict']} Per layer, the experts' "
+                f"least cosine similarity and their cosine to the dense feed-forward: " +
+                "; ".join(f"{key} {layer['min_cosine']:.3f}, "
+                          f"{', '.join(f'{c:.3f}' for c in layer.get('cosine_to_dense', []))}"
+                          for key, layer in r["diagnosis"]["layers"].items())
+                for r in rows if "diagnosis" in r]
     for r in rows:
-        masked = lambda key, fmt: (format(r[key], fmt) if key in r else "")  # noqa: E731
+        cell = lambda key, fmt: format(r[key], fmt) if r.get(key) is not None else ""  # noqa
+        instructions = (f"{r['m7_instructions'] / 1e6:.1f} M" if r.get("m7_instructions")
+                        else "")
+        device = (f"{cell('device_top1_equals_python', '.2f')}, "
+                  f"{cell('device_max_lsb_from_python', 'd')}" if "m7_instructions" in r
+                  else "")
         lines.append(
             f"| {r['variant']} | {', '.join(r['routing'] or ['dense'])} "
             f"| {r['float_val_top1']:.3f} | {r['deployed_int8_val_top1']:.3f} "
-            f"| {masked('masked_int8_val_top1', '.3f')} "
-            f"| {masked('deployed_agrees_with_masked', '.4f')} | {r['deployed_macs']:,} "
-            f"| {masked('masked_macs', ',')} | {r['model_array_bytes']:,} "
-            f"| {r['m7_instructions'] / 1e6:.1f} M | {r['m7_arena_bytes']:,} "
-            f"| {r['device_top1_equals_python']:.2f}, {r['device_max_lsb_from_python']} |")
+            f"| {cell('masked_int8_val_top1', '.3f')} "
+            f"| {cell('deployed_agrees_with_masked', '.4f')} | {r['deployed_macs']:,} "
+            f"| {cell('masked_macs', ',')} | {cell('model_array_bytes', ',')} "
+            f"| {instructions} | {cell('m7_arena_bytes', ',')} | {device} |")
+    if verdicts:
+        lines += ["", "Diagnosis of the experts (float, the same validation images):", "",
+                  *verdicts]
     return "\n".join(lines) + "\n"
 
 
@@ -126,9 +150,12 @@ def main():
     source.add_argument("--data", help="a cub100-style image folder")
     source.add_argument("--tinyimagenet", help="the tiny-imagenet-200 folder")
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--device-images", type=int, default=4)
+    parser.add_argument("--device-images", type=int, default=4,
+                        help="images classified by the Cortex-M7 firmware (0: no firmware)")
     parser.add_argument("--capacity-factor", type=float, default=1.25,
                         help="per-patch layers' sparse capacity (per-image layers have none)")
+    parser.add_argument("--dense", help="the dense model the MoEs were upcycled from: "
+                                        "diagnose their experts against it")
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
     start = time.time()
