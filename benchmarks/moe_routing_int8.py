@@ -29,6 +29,7 @@ import numpy as np
 from common import run_meta, write_results
 from tqdm.auto import tqdm
 
+from tinymoe.analysis import paired_difference
 from tinymoe.export import op_table, to_tflite, tflm_invoke
 from tinymoe.export.device import run_firmware
 from tinymoe.models import has_experts, moe_layers, with_dispatch
@@ -73,7 +74,8 @@ def on_device(tflite_bytes, images):
                                                        np.argmax(python, 1)))}
 
 
-def measure(label, path, args, data_cache):
+def measure(label, path, args, data_cache, correct):
+    """One model's row; ``correct[label]`` gets its per-image float and int8 correctness."""
     model = load_model(path)
     size = int(model.input_shape[1])
     if size not in data_cache:
@@ -82,6 +84,7 @@ def measure(label, path, args, data_cache):
     float_top1 = np.argmax(model.predict(x_val, batch_size=64, verbose=0), axis=1)
     row = {"variant": label, "model": path, "routing": None,
            "float_val_top1": float(np.mean(float_top1 == y_val))}
+    correct[label] = {"float": float_top1 == y_val}
     forms = {"deployed": model}
     if has_experts(model):
         row["routing"] = sorted({layer.routing for layer in moe_layers(model).values()})
@@ -93,6 +96,7 @@ def measure(label, path, args, data_cache):
         top1[form] = tflm_top1(tflite[form], x_val, f"{label} {form} in TFLite Micro")
         row[f"{form}_int8_val_top1"] = float(np.mean(top1[form] == y_val))
         row[f"{form}_macs"] = int(sum(r["macs"] for r in op_table(tflite[form])))
+    correct[label]["int8"] = top1["deployed"] == y_val
     if "masked" in top1:
         row["deployed_agrees_with_masked"] = float(np.mean(top1["deployed"] == top1["masked"]))
     if "masked" in top1 and args.dense:
@@ -137,6 +141,14 @@ def markdown(rows, meta):
             f"| {cell('deployed_agrees_with_masked', '.4f')} | {r['deployed_macs']:,} "
             f"| {cell('masked_macs', ',')} | {cell('model_array_bytes', ',')} "
             f"| {instructions} | {cell('m7_arena_bytes', ',')} | {device} |")
+    paired = [f"- {r['variant']} against {r['vs_dense']['dense']}: " + "; ".join(
+        f"{kind} {100 * v['difference']:+.2f} points (p = {v['p_value']:.3g}, "
+        f"{v['only_a']} images only the MoE gets right, {v['only_b']} only the dense)"
+        for kind, v in r["vs_dense"].items() if kind != "dense")
+        for r in rows if "vs_dense" in r]
+    if paired:
+        lines += ["", "Paired against the dense model, image by image (McNemar's exact "
+                  "test, two-sided):", "", *paired]
     if verdicts:
         lines += ["", "Diagnosis of the experts (float, the same validation images):", "",
                   *verdicts]
@@ -159,10 +171,18 @@ def main():
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
     start = time.time()
-    cache, rows = {}, []
+    cache, rows, correct = {}, [], {}
     for entry in args.models:
         label, path = entry.split("=", 1)
-        rows.append(measure(label, path, args, cache))
+        rows.append(measure(label, path, args, cache, correct))
+    # Each MoE against the first dense model, image by image (McNemar's exact test).
+    dense = next((r["variant"] for r in rows if r["routing"] is None), None)
+    for row in rows:
+        if dense is not None and row["routing"] is not None:
+            row["vs_dense"] = {kind: paired_difference(correct[row["variant"]][kind],
+                                                       correct[dense][kind])
+                               for kind in ("float", "int8")}
+            row["vs_dense"]["dense"] = dense
     meta = run_meta(start, images=args.images, device_images=args.device_images)
     write_results(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
 
