@@ -142,13 +142,19 @@ def build(args, data):
         dense = load_model(args.upcycle)
         x_train, _ = data.split("train")
         rng = np.random.default_rng(args.seed)
-        images = x_train[rng.choice(len(x_train), args.cluster_images, replace=False)]
-        moe, report = upcycle(dense, moe_config(args), images, router="cluster",
-                              seed=args.seed)
+        pick = rng.choice(len(x_train), args.cluster_images, replace=False)
+        labels = ({"labels": data.split("train")[1][pick], "num_classes": data.num_classes}
+                  if args.router == "superclass" else {})
+        moe, report = upcycle(dense, moe_config(args), x_train[pick], router=args.router,
+                              seed=args.seed, **labels)
         print(f"Upcycled {args.upcycle} with a {report.router} router: {report.layers}")
         # Rebuilt under the registry name, so that its weights load into create_model's.
         model = create_model(args.model, num_classes=data.num_classes, input_shape=shape,
                              moe=moe_config(args))
+        if args.router == "superclass":  # the super-classes are in the upcycled config
+            config = moe.get_config()
+            config["name"] = model.name
+            model = moe.__class__.from_config(config)
         model.set_weights(moe.get_weights())
         return model
     if args.model in PEERS:
@@ -170,8 +176,10 @@ def moe_config(args):
 
 
 def run_name(args):
-    """The run's folder and results name: the model, and its routing when --routing says."""
-    return f"{args.model}_{args.routing}" if args.routing else args.model
+    """The run's folder and results name: the model, its routing when --routing says, and
+    its router when not the clustered one."""
+    name = f"{args.model}_{args.routing}" if args.routing else args.model
+    return name if args.router == "cluster" else f"{name}_{args.router}"
 
 
 def ship(args, data, run_dir):
@@ -278,6 +286,10 @@ def main(argv=None):
     parser.add_argument("--routing", choices=("patch", "token", "image", "auto"),
                         help="the MoE's routing, if not the registered model's (the run "
                              "folder and results take it as a suffix)")
+    parser.add_argument("--router", choices=("cluster", "superclass"), default="cluster",
+                        help="the upcycled router: clustered patches (or images), or "
+                             "super-classes the router then learns to predict (per-image "
+                             "routing; see tinymoe.routing.upcycle)")
     parser.add_argument("--initial-epoch", type=int, default=0,
                         help="with --upcycle: resume the schedule here")
     parser.add_argument("--cluster-images", type=int, default=2048)
@@ -331,6 +343,7 @@ def main(argv=None):
         **run_meta(start), "model": args.model, "routing": args.routing,
         "size": args.size, "epochs": args.epochs,
         "initial_epoch": args.initial_epoch, "upcycled_from": args.upcycle,
+        "router": args.router if args.upcycle else None,
         "best_epoch": int(best_row["epoch"]) + 1,
         "val_top1": float(best_row["val_accuracy"]),
         "recipe": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment)},

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import synthetic_images
 from tinymoe.augment import make_dataset
-from tinymoe.backend import keras
+from tinymoe.backend import keras, tf
 from tinymoe.layers import MoEFeedForward
 from tinymoe.models import MoEConfig, create_model
 from tinymoe.routing import (
@@ -186,6 +186,8 @@ def test_superclass_upcycling_keeps_the_classes_groups_in_the_saved_model(dense,
     layer = keras.models.load_model(tmp_path / "moe.keras").get_layer(
         "stage5_mvit").transformer[2].ffn
     assert layer.superclasses == groups and layer.superclass_loss_weight == 0.3
+    # Training back-ups (keras.callbacks.BackupAndRestore) are TF checkpoints of it too.
+    tf.train.Checkpoint(model=moe).write(str(tmp_path / "backup" / "ckpt"))
     with pytest.raises(ValueError, match="needs per-image routing"):
         upcycle(model, MoEConfig(layers=((5, -1),)), images[:16], router="superclass",
                 labels=labels)

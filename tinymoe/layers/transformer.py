@@ -160,7 +160,8 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         self.moe = None if moe is None else dict(moe)
         self.capacity_factors = {_layer_index(i, self.num_layers): float(f)
                                  for i, f in (capacity_factors or {}).items()}
-        self.superclasses = {_layer_index(i, self.num_layers): [int(v) for v in groups]
+        # Tuples: lists in a dict with int keys would be tracked, and checkpoints refuse them.
+        self.superclasses = {_layer_index(i, self.num_layers): tuple(int(v) for v in groups)
                              for i, groups in (superclasses or {}).items()}
         for name in ("capacity_factors", "superclasses"):
             stray = sorted(set(getattr(self, name)) - set(self.moe_layers))
@@ -192,7 +193,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
         if index in self.capacity_factors:
             moe["capacity_factor"] = self.capacity_factors[index]
         if index in self.superclasses:
-            moe["superclasses"] = self.superclasses[index]
+            moe["superclasses"] = list(self.superclasses[index])
         return moe
 
     def build(self, input_shape):
@@ -247,7 +248,7 @@ class MobileViTV2Block(ScopedBuildMixin, keras.layers.Layer):
                 "num_layers": self.num_layers, "patch_size": self.patch_size,
                 "moe_layers": list(self.moe_layers), "moe": self.moe,
                 "capacity_factors": {str(i): f for i, f in self.capacity_factors.items()},
-                "superclasses": {str(i): g for i, g in self.superclasses.items()},
+                "superclasses": {str(i): list(g) for i, g in self.superclasses.items()},
                 "activation": self.activation, "bn_momentum": self.bn_momentum,
                 "dropout": self.dropout, "pad_mode": self.pad_mode, "norm": self.norm_type}
 
