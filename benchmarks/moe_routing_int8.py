@@ -11,7 +11,8 @@ Python. With ``--dense KERAS`` (the dense twin the MoEs were upcycled from) each
 also diagnosed (:func:`tinymoe.analysis.diagnose_experts`: how far its experts moved apart
 and from the dense feed-forward, and top-1 with each layer's experts replaced by their
 mean). Data: a cub100-style folder (``--data``) or Tiny ImageNet-200
-(``--tinyimagenet``, see benchmarks/pretrain.py); only the validation split is used.
+(``--tinyimagenet``, see benchmarks/pretrain.py); only the validation split is used. The
+firmware builds against ``../shared/third_party``: run it from a checkout beside ``shared/``.
 
 Example:
     python benchmarks/moe_routing_int8.py --tinyimagenet /work/data/tiny-imagenet-200 \\
@@ -170,6 +171,13 @@ def main():
                                         "diagnose their experts against it")
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
+    if args.device_images:  # before minutes of evaluation, not after
+        from tinymoe.export.device import missing_requirements
+
+        missing = missing_requirements("cortex-m7")
+        if missing:
+            parser.error(f"the Cortex-M7 firmware build is unavailable ({'; '.join(missing)});"
+                         " run from a checkout beside shared/, or pass --device-images 0")
     start = time.time()
     cache, rows, correct = {}, [], {}
     for entry in args.models:
