@@ -96,6 +96,8 @@ def measure(label, path, args, data_cache, correct):
         tflite[form] = to_tflite(variant, calibration)
         top1[form] = tflm_top1(tflite[form], x_val, f"{label} {form} in TFLite Micro")
         row[f"{form}_int8_val_top1"] = float(np.mean(top1[form] == y_val))
+        # int8 against float, the yardstick for the agreement of two int8 forms
+        row[f"{form}_agrees_with_float"] = float(np.mean(top1[form] == float_top1))
         row[f"{form}_macs"] = int(sum(r["macs"] for r in op_table(tflite[form])))
     correct[label]["int8"] = top1["deployed"] == y_val
     if "masked" in top1:
@@ -114,14 +116,16 @@ def measure(label, path, args, data_cache, correct):
 
 def markdown(rows, meta):
     lines = ["# Dense twin, per-patch and per-image MoE as the device runs them", "",
+             "\"deployed = float\" and \"deployed = masked\": the share of images whose top-1 "
+             "is the same in both (int8 in TFLite Micro; float in Keras).", "",
              f"Command: `{meta['command']}`  ",
              f"Machine: {meta['machine']}; wall time {meta['wall_s']:.0f} s  ",
              f"Validation images: {meta['images']} (int8 in TFLite Micro); Cortex-M7 firmware "
              f"(CMSIS-NN, QEMU) on {meta['device_images']} of them", "",
              "| variant | routing | float top-1 | int8 top-1 (deployed) | int8 top-1 (masked) "
-             "| deployed = masked | MACs deployed | MACs masked | model array bytes "
+             "| deployed = float | deployed = masked | MACs deployed | MACs masked | model array bytes "
              "| M7 instructions | M7 arena | firmware = Python TFLM (top-1, max LSB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     verdicts = [f"- {r['variant']}: {r['diagnosis']['verdict']} Per layer, the experts' "
                 f"least cosine similarity and their cosine to the dense feed-forward: " +
                 "; ".join(f"{key} {layer['min_cosine']:.3f}, "
@@ -139,6 +143,7 @@ def markdown(rows, meta):
             f"| {r['variant']} | {', '.join(r['routing'] or ['dense'])} "
             f"| {r['float_val_top1']:.3f} | {r['deployed_int8_val_top1']:.3f} "
             f"| {cell('masked_int8_val_top1', '.3f')} "
+            f"| {cell('deployed_agrees_with_float', '.4f')} "
             f"| {cell('deployed_agrees_with_masked', '.4f')} | {r['deployed_macs']:,} "
             f"| {cell('masked_macs', ',')} | {cell('model_array_bytes', ',')} "
             f"| {instructions} | {cell('m7_arena_bytes', ',')} | {device} |")
