@@ -146,7 +146,7 @@ def build(args, data):
         labels = ({"labels": data.split("train")[1][pick], "num_classes": data.num_classes}
                   if args.router == "superclass" else {})
         moe, report = upcycle(dense, moe_config(args), x_train[pick], router=args.router,
-                              seed=args.seed, **labels)
+                              seed=args.seed, noise=args.noise, **labels)
         print(f"Upcycled {args.upcycle} with a {report.router} router: {report.layers}")
         # Rebuilt under the registry name, so that its weights load into create_model's.
         model = create_model(args.model, num_classes=data.num_classes, input_shape=shape,
@@ -179,7 +179,8 @@ def run_name(args):
     """The run's folder and results name: the model, its routing when --routing says, and
     its router when not the clustered one."""
     name = f"{args.model}_{args.routing}" if args.routing else args.model
-    return name if args.router == "cluster" else f"{name}_{args.router}"
+    name = name if args.router == "cluster" else f"{name}_{args.router}"
+    return f"{name}_noise{args.noise:g}" if args.noise else name
 
 
 def ship(args, data, run_dir):
@@ -290,6 +291,9 @@ def main(argv=None):
                         help="the upcycled router: clustered patches (or images), or "
                              "super-classes the router then learns to predict (per-image "
                              "routing; see tinymoe.routing.upcycle)")
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="upcycled experts: the dense weights plus Gaussian noise of this "
+                             "times each weight's standard deviation, to break their symmetry")
     parser.add_argument("--initial-epoch", type=int, default=0,
                         help="with --upcycle: resume the schedule here")
     parser.add_argument("--cluster-images", type=int, default=2048)
@@ -344,6 +348,7 @@ def main(argv=None):
         "size": args.size, "epochs": args.epochs,
         "initial_epoch": args.initial_epoch, "upcycled_from": args.upcycle,
         "router": args.router if args.upcycle else None,
+        "noise": args.noise if args.upcycle else None,
         "best_epoch": int(best_row["epoch"]) + 1,
         "val_top1": float(best_row["val_accuracy"]),
         "recipe": {**dataclasses.asdict(recipe), "augment": dataclasses.asdict(augment)},
