@@ -29,7 +29,7 @@ from tinymoe.backend import keras
 from tinymoe.data import load_dataset
 from tinymoe.export import op_table, quantize, tflm_invoke, to_tflite
 from tinymoe.layers import MoEFeedForward
-from tinymoe.layers.moe import expert_capacity
+from tinymoe.layers.routing_ops import expert_capacity
 from tinymoe.models import create_model, trace, with_dispatch
 from tinymoe.pipeline import load_model
 

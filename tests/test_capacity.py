@@ -8,7 +8,7 @@ import pytest
 from conftest import synthetic_images
 from tinymoe.backend import keras
 from tinymoe.export import calibrate_capacity, capacity_grid
-from tinymoe.layers.moe import expert_capacity
+from tinymoe.layers.routing_ops import expert_capacity
 from tinymoe.models import MoEConfig, create_model, moe_layers, read_routing, trace, with_dispatch
 from tinymoe.routing import router_from_centroids
 

@@ -11,7 +11,7 @@ from tinymoe.backend import keras, tf
 from tinymoe.cli import main
 from tinymoe.export import litert_invoke, op_table, quantize, tflm_invoke, to_tflite
 from tinymoe.layers import MoEFeedForward
-from tinymoe.layers.moe import dispatch_slots
+from tinymoe.layers.routing_ops import dispatch_slots
 from tinymoe.models import create_model, with_dispatch
 
 

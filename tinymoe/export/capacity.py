@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from tinymoe.layers.moe import expert_capacity
+from tinymoe.layers.routing_ops import expert_capacity
 
 
 def capacity_grid(units, num_experts, low=1.0, high=4.0):
