@@ -140,21 +140,19 @@ def build(args, data):
         from tinymoe.routing import upcycle
 
         dense = load_model(args.upcycle)
-        x_train, _ = data.split("train")
+        x_train, y_train = data.split("train")
         rng = np.random.default_rng(args.seed)
         pick = rng.choice(len(x_train), args.cluster_images, replace=False)
-        labels = ({"labels": data.split("train")[1][pick], "num_classes": data.num_classes}
+        labels = ({"labels": y_train[pick], "num_classes": data.num_classes}
                   if args.router == "superclass" else {})
         moe, report = upcycle(dense, moe_config(args), x_train[pick], router=args.router,
                               seed=args.seed, noise=args.noise, **labels)
         print(f"Upcycled {args.upcycle} with a {report.router} router: {report.layers}")
-        # Rebuilt under the registry name, so that its weights load into create_model's.
-        model = create_model(args.model, num_classes=data.num_classes, input_shape=shape,
-                             moe=moe_config(args))
-        if args.router == "superclass":  # the super-classes are in the upcycled config
-            config = moe.get_config()
-            config["name"] = model.name
-            model = moe.__class__.from_config(config)
+        # Renamed as create_model names it, so that its weights load into create_model's;
+        # its config keeps what upcycling put there (super-classes).
+        config = moe.get_config()
+        config["name"] = args.model
+        model = moe.__class__.from_config(config)
         model.set_weights(moe.get_weights())
         return model
     if args.model in PEERS:
