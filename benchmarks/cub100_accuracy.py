@@ -45,7 +45,7 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
-            "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_wide", "mcu_wide_moe_cluster",
+            "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass", "mcu_wide", "mcu_wide_moe_cluster",
             "cnn_peer", "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
 # to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
@@ -211,7 +211,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
     # Compared against an upcycled MoE, which trained epochs + moe-epochs in all.
     compare = dataclasses.replace(recipe, save_epochs=(), epochs=args.compare_epochs or (
         args.epochs if args.upcycle_at else args.epochs + args.moe_epochs))
-    # (dense variant, its registry name, {MoE variant upcycled from it: its MoE config})
+    # (dense variant, its registry name, {MoE variant upcycled from it: (MoE config, router)})
     per_image = dataclasses.replace(get_config("mobilevit_v2_mcu_moe").moe, routing="image")
     if "mcu" in wanted:
         start = time.time()
@@ -220,10 +220,11 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         record("mcu", summary, start, args.epochs)
     for dense_name, registered, moes in (
             ("mcu_dense", "mobilevit_v2_mcu_layernorm",
-             {"mcu_moe_cluster": get_config("mobilevit_v2_mcu_moe").moe,
-              "mcu_moe_image": per_image}),
+             {"mcu_moe_cluster": (get_config("mobilevit_v2_mcu_moe").moe, "cluster"),
+              "mcu_moe_image": (per_image, "cluster"),
+              "mcu_moe_superclass": (per_image, "superclass")}),
             ("mcu_wide", "mobilevit_v2_mcu_wide",
-             {"mcu_wide_moe_cluster": get_config("mobilevit_v2_mcu_wide_moe").moe})):
+             {"mcu_wide_moe_cluster": (get_config("mobilevit_v2_mcu_wide_moe").moe, "cluster")})):
         if not wanted & {dense_name, *moes}:
             continue
         start = time.time()
@@ -233,13 +234,13 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
                       args.reuse, weights=args.weights)
         if dense_name in wanted:
             record(dense_name, dense, start, config.epochs)
-        for moe_name, moe_config in moes.items():
+        for moe_name, (moe_config, router) in moes.items():
             if moe_name not in wanted:
                 continue
             start = time.time()
             path = f"{out}/seed{seed}/{moe_name}_init.keras"
             upcycle_run(upcycle_from(dense, args), data, path, moe_config,
-                        router="cluster", num_images=args.cluster_images, seed=seed)
+                        router=router, num_images=args.cluster_images, seed=seed)
             summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
                             args.reuse)
             record(moe_name, summary, start, moe_epochs)
