@@ -45,7 +45,7 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
-            "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass", "mcu_wide", "mcu_wide_moe_cluster",
+            "mcu_moe", "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass", "mcu_wide", "mcu_wide_moe_cluster",
             "cnn_peer", "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
 # to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
@@ -218,6 +218,13 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         summary = train("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu", recipe, augment,
                         args.reuse, weights=args.weights)
         record("mcu", summary, start, args.epochs)
+    if "mcu_moe" in wanted:
+        # The registered MCU MoE trained whole on the dense schedule: with --weights its
+        # experts and router start from its own pretraining (upcycled there, not here).
+        start = time.time()
+        summary = train("mobilevit_v2_mcu_moe", data, f"{out}/seed{seed}/mcu_moe", recipe,
+                        augment, args.reuse, weights=args.weights)
+        record("mcu_moe", summary, start, args.epochs)
     for dense_name, registered, moes in (
             ("mcu_dense", "mobilevit_v2_mcu_layernorm",
              {"mcu_moe_cluster": (get_config("mobilevit_v2_mcu_moe").moe, "cluster"),
