@@ -160,3 +160,33 @@ def test_cli_train_refuses_weights_a_model_lacks_before_loading_data(capsys, tmp
                  "--input-size", "32", "--out", str(tmp_path / "o")]) == 2
     assert "at least 64x64" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_upcycles_a_pretrained_dense_model(tmp_path, monkeypatch):
+    """`tinymoe upcycle` from a model started at the shipped dense-0.5 weights: every shared
+    layer keeps the pretrained weights and every expert is the pretrained feed-forward."""
+    from conftest import synthetic_images
+    from tinymoe.analysis import expert_vectors, feedforward_vector
+    from tinymoe.cli import main
+    from tinymoe.data import ImageData
+    from tinymoe.models.dispatch import moe_layers
+    from tinymoe.pipeline import load_model
+
+    assert ("mobilevit_v2_050", "tinyimagenet") in SHIPPED
+    images, labels = synthetic_images(8, 64, 3)
+    data = ImageData(images.astype(np.uint8), labels, np.array(["train"] * 8), ["a", "b", "c"],
+                     np.array([""] * 8))
+    monkeypatch.setattr("tinymoe.data.load_dataset", lambda source, size: data)
+    dense = create_model("mobilevit_v2_050", num_classes=3, input_shape=(64, 64, 3),
+                         weights="tinyimagenet")
+    dense.save(tmp_path / "dense.keras")
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(tmp_path / "moe.keras"),
+                 "--experts", "2", "--images", "8"]) == 0
+    moe = load_model(str(tmp_path / "moe.keras"))
+    np.testing.assert_array_equal(moe.get_layer("stem").get_weights()[0],
+                                  dense.get_layer("stem").get_weights()[0])
+    for key, layer in moe_layers(moe).items():
+        block, index = key.split("/")
+        ffn = dense.get_layer(block).transformer[int(index.rsplit("_", 1)[1])].ffn
+        for expert in expert_vectors(layer):
+            np.testing.assert_array_equal(expert, feedforward_vector(ffn))
