@@ -25,6 +25,14 @@ The earlier microcontroller comparison (8 dense epochs, then 4 MoE epochs on a n
     python benchmarks/cub100_accuracy.py --size 128 --epochs 8 --moe-epochs 4 --int8 \
         --device --variants mcu_dense mcu_moe_cluster mcu_wide cnn_peer \
         --out benchmarks/results/cub100_mcu_128px_reduced
+From the shipped Tiny ImageNet weights (FINE_TUNE's recipe): dense-0.5, and the MCU MoE's
+dense twin with three MoEs: the pretrained MoE trained whole (mcu_moe), and per-image MoEs
+upcycled at epoch 20 from the fine-tuned twin with a clustered or a super-class router:
+    python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --int8 --variants dense_050 \
+        --seeds 0 1 --weights tinyimagenet --out benchmarks/results/finetune_dense050
+    python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --upcycle-at 20 --int8 \
+        --variants mcu_dense mcu_moe mcu_moe_image mcu_moe_superclass --seeds 0 1 \
+        --weights tinyimagenet --out benchmarks/results/finetune_mcu_moe
 Smoke run (minutes):
     python benchmarks/cub100_accuracy.py --size 64 --epochs 1 --per-class 6 --out /tmp/smoke
 """
