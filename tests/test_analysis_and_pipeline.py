@@ -164,6 +164,13 @@ def test_cli_upcycles_per_image_routing_and_analyzes_it(tmp_path, monkeypatch):
                  "--epochs", "1", "--batch-size", "4"]) == 0
     log = (tmp_path / "trained" / "log.csv").read_text().splitlines()
     assert "router_loss" in log[0].split(",") and len(log) == 2
+    # Its analysis adds what routing by the true super-class would score.
+    assert main(["analyze", str(tmp_path / "trained" / "best.keras"), "--out",
+                 str(tmp_path / "supervised_analysis")]) == 0
+    oracle = json.loads((tmp_path / "supervised_analysis" / "analysis.json").read_text())[
+        "experts"]["oracle"]
+    assert oracle["images"] == 4 and 0 <= oracle["top1_oracle"] <= 1
+    assert set(oracle["router_superclass_top1"]) == {"stage4_mvit/transformer_3"}
 
 
 def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monkeypatch,

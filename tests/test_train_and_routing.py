@@ -220,6 +220,54 @@ def test_supervised_router_logs_and_learns_the_superclass_loss():
     assert logs[-1]["router_loss"] < logs[0]["router_loss"]
 
 
+def test_superclass_oracle_routes_each_image_to_its_label_s_expert_under_the_router_gate():
+    from tinymoe.analysis import superclass_oracle, with_mean_experts
+    from tinymoe.models.tracing import read_routing
+
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic_images(12, 64, 4, seed=2)
+    model = create_model("mobilevit_v2_050", num_classes=4, input_shape=(64, 64, 3),
+                         moe=MoEConfig(num_experts=2, layers=((5, -1),), routing="image"))
+    with pytest.raises(ValueError, match="no per-image mixture-of-experts layer with super"):
+        superclass_oracle(model, images, labels)
+    layer = model.get_layer("stage5_mvit").transformer[2].ffn
+    table = np.array([0, 1, 1, 0])
+    layer.superclasses = table.tolist()
+    # Experts far apart (expert 1's output weights x 20), so that the route shows in logits.
+    layer.expert_kernel_out.assign(layer.expert_kernel_out * np.array([1.0, 20.0])[:, None, None])
+    # The reference, built without forcing: a copy whose every expert is expert e outputs,
+    # whatever the router chooses, the router's gate times expert e, which is what the
+    # oracle gives an image of super-class e.
+    per_expert = []
+    for e in range(2):
+        copy = with_mean_experts(model)  # a clone, then every slot set to expert e
+        for name in ("expert_kernel_in", "expert_bias_in", "expert_kernel_out",
+                     "expert_bias_out"):
+            value = getattr(layer, name).numpy()
+            getattr(copy.get_layer("stage5_mvit").transformer[2].ffn, name).assign(
+                np.repeat(value[e:e + 1], 2, axis=0))
+        per_expert.append(copy(images.astype(np.float32), training=False).numpy())
+    reference = np.where(table[labels][:, None] == 0, per_expert[0], per_expert[1])
+    layer.forced_experts = tf.constant(table[labels], tf.int32)
+    forced = model(images.astype(np.float32), training=False).numpy()
+    layer.forced_experts = None
+    # The same float32 ops on the same values (a one-hot gate picks one expert's output);
+    # only the clone's separately traced kernels may round differently, ~1e-6 relative.
+    np.testing.assert_allclose(forced, reference, rtol=1e-5, atol=1e-5)
+    chosen = read_routing(model, images)["stage5_mvit/transformer_2"]["experts"][:, 0, 0, 0]
+    own = model(images.astype(np.float32), training=False).numpy()
+    differs = chosen != table[labels]
+    assert differs.any() and not differs.all()  # both cases occur on these images
+    assert np.abs(forced - own)[differs].max() > 1e-2
+    np.testing.assert_array_equal(forced[~differs], own[~differs])  # same gates, same math
+    result = superclass_oracle(model, images, labels, batch_size=5)
+    assert result["top1_oracle"] == np.mean(np.argmax(reference, axis=1) == labels)
+    assert result["top1"] == np.mean(np.argmax(own, axis=1) == labels)
+    assert result["router_superclass_top1"] == {"stage5_mvit/transformer_2":
+                                                pytest.approx(np.mean(~differs))}
+    assert layer.forced_experts is None  # the model is left as it was
+
+
 def test_without_renormalisation_the_moe_output_is_the_gate_times_the_dense_ffn(dense):
     model, images = dense
     moe, _ = upcycle(model, MoEConfig(num_experts=4, layers=((5, -1),)), images[:16])

@@ -1,5 +1,6 @@
 """Which experts do the patches of each class go to? Affinity matrices, load and pictures;
-and whether the experts differ at all (:func:`diagnose_experts`)."""
+whether the experts differ at all (:func:`diagnose_experts`); and what a router that never
+mistakes the super-class would score (:func:`superclass_oracle`)."""
 
 import math
 
@@ -8,7 +9,7 @@ import numpy as np
 from tinymoe.files import atomic_path
 from tinymoe.layers import EXPERT_WEIGHTS, MobileViTV2Block, MoEFeedForward, feedforward_weights
 from tinymoe.models.dispatch import moe_layers
-from tinymoe.models.tracing import read_routing
+from tinymoe.models.tracing import read_routing, trace
 
 
 
@@ -355,12 +356,14 @@ def diagnose_experts(model, images, labels, dense_model=None, batch_size=64):
     Measures, per layer, :func:`expert_divergence` (against ``dense_model``'s feed-forwards
     when given), and on ``images`` the top-1 of ``model`` against the same model with each
     layer's experts replaced by their mean (:func:`with_mean_experts`), compared image by
-    image (:func:`paired_difference`). No significant change is no evidence that the experts
-    compute anything the mean does not, on these images.
+    image (:func:`paired_difference`); with super-classes, also :func:`superclass_oracle`.
+    No significant change is no evidence that the experts compute anything the mean does
+    not, on these images.
 
     Returns:
         dict with ``layers`` (key -> divergence figures as lists), ``images``, ``top1``,
-        ``top1_mean_experts``, ``paired`` and ``verdict`` (a sentence).
+        ``top1_mean_experts``, ``paired``, ``verdict`` (sentences) and, for per-image
+        layers with super-classes, ``oracle``.
 
     Example:
         >>> diagnose_experts(moe_model, x_val, y_val, dense_model=dense)["verdict"]
@@ -394,6 +397,74 @@ def diagnose_experts(model, images, labels, dense_model=None, batch_size=64):
         verdict = (f"No evidence that the experts differ: replacing each by their mean "
                    f"changes top-1 by {change:+.1f} points on {counts}; for an upcycled MoE "
                    "this is the dense model in disguise.")
-    return {"layers": report, "images": int(len(labels)), "top1": float(correct.mean()),
-            "top1_mean_experts": float(correct_mean.mean()), "paired": paired,
-            "verdict": verdict}
+    result = {"layers": report, "images": int(len(labels)), "top1": float(correct.mean()),
+              "top1_mean_experts": float(correct_mean.mean()), "paired": paired,
+              "verdict": verdict}
+    if any(moe.routing == "image" and moe.superclasses is not None
+           for moe in layers.values()):
+        result["oracle"] = superclass_oracle(model, images, labels, batch_size)
+        result["verdict"] += " " + result["oracle"]["verdict"]
+    return result
+
+
+def superclass_oracle(model, images, labels, batch_size=64):
+    """Top-1 of ``model`` as its routers route, against the same model with every per-image
+    layer that has super-classes sending each image to the expert of its label's
+    super-class (an oracle router, under the router's own gate value), compared image by
+    image; and how often each router already picks that expert.
+
+    If the oracle scores no better, the experts have not specialised in their super-classes
+    and a better router cannot help; if it does, the router is what holds them back.
+
+    Returns:
+        dict with ``images``, ``top1``, ``top1_oracle``, ``paired``
+        (:func:`paired_difference`, oracle as B), ``router_superclass_top1`` (layer key ->
+        share of images the router sends to their super-class's expert) and ``verdict``.
+
+    Raises:
+        ValueError: ``model`` has no per-image layer with super-classes.
+
+    Example:
+        >>> superclass_oracle(moe_model, x_val, y_val)["top1_oracle"]
+    """
+    from tinymoe.backend import tf
+
+    layers = {key: moe for key, moe in moe_layers(model).items()
+              if moe.routing == "image" and moe.superclasses is not None}
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no per-image mixture-of-experts layer "
+                         "with super-classes (upcycle with router='superclass').")
+    labels = np.asarray(labels)
+    tables = {key: np.asarray(moe.superclasses) for key, moe in layers.items()}
+    if labels.max() >= min(len(table) for table in tables.values()):
+        raise ValueError(f"Label {labels.max()} has no super-class: the layers know "
+                         f"{min(len(t) for t in tables.values())} classes.")
+    logits, infos = trace(model, images, batch_size)
+    agreement = {key: float(np.mean(infos[key]["routing"]["experts"][:, 0, 0, 0]
+                                    == table[labels])) for key, table in tables.items()}
+    oracle = []
+    for start in range(0, len(images), batch_size):
+        x = np.asarray(images[start:start + batch_size], np.float32)
+        y = labels[start:start + batch_size]
+        try:
+            for key, moe in layers.items():
+                moe.forced_experts = tf.constant(tables[key][y], tf.int32)
+            oracle.append(np.argmax(model(x, training=False), axis=-1))
+        finally:
+            for moe in layers.values():
+                moe.forced_experts = None
+    correct = np.argmax(logits, axis=-1) == labels
+    correct_oracle = np.concatenate(oracle) == labels
+    paired = paired_difference(correct, correct_oracle)
+    change = 100 * (float(correct_oracle.mean()) - float(correct.mean()))
+    routed = ", ".join(f"{100 * share:.1f}%" for share in agreement.values())
+    verdict = (f"Routed by the true super-class, top-1 changes by {change:+.1f} points "
+               f"(p = {paired['p_value']:.3g}, {len(labels)} images); the router picks the "
+               f"super-class's expert for {routed} of them. "
+               + ("A better router would help." if paired["significant"] and change > 0 else
+                  "Perfect routing does not help: the experts have not specialised."
+                  if not paired["significant"] else
+                  "The router's own choice beats the super-classes."))
+    return {"images": int(len(labels)), "top1": float(correct.mean()),
+            "top1_oracle": float(correct_oracle.mean()), "paired": paired,
+            "router_superclass_top1": agreement, "verdict": verdict}

@@ -123,6 +123,10 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                              f"{superclass_loss_weight}.")
         self.superclass_loss_weight = float(superclass_loss_weight)
         self.last_router_probs = None  # the last training call's, for the super-class loss
+        # Analysis only, never saved: ``[B]`` int experts that per-image routing uses at
+        # inference instead of the router's choice, under the router's own top gate
+        # (tinymoe.analysis.superclass_oracle).
+        self.forced_experts = None
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
@@ -221,13 +225,17 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         dispatch (what the device runs), else every expert under its image's gate (the
         masked form; in float both give the same values, and no image is ever dropped)."""
         form = self.train_dispatch if training else self.dispatch
-        if not training and form == "sparse" and x.shape[0] == 1:
+        forced = None if training else self.forced_experts
+        if forced is None and not training and form == "sparse" and x.shape[0] == 1:
             return self._image_select(x)
         probs = self.router_probs(x, training)
         gates, mask = self.gates(probs)
         if training:
             self._add_balance_loss(probs, mask)
             self.last_router_probs = probs[:, 0, 0]  # [B, E]
+        if forced is not None:  # the same gate value, on the expert given
+            chosen = tf.one_hot(forced, self.num_experts, dtype=gates.dtype)[:, None, None]
+            gates = chosen * tf.reduce_sum(gates, axis=-1, keepdims=True)
         # Every patch takes its image's gates: [B, 1, 1, E] -> [B, 1, N, E].
         return self.combine(x, gates * tf.ones([1, 1, x.shape[2], 1], gates.dtype))
 
