@@ -161,13 +161,19 @@ def markdown(rows, meta):
     return "\n".join(lines) + "\n"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def models_and_data_parser(description):
+    """The arguments this script shares with superclass_oracle.py: models and data."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", nargs="+", required=True, metavar="LABEL=KERAS")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="a cub100-style image folder")
     source.add_argument("--tinyimagenet", help="the tiny-imagenet-200 folder")
     parser.add_argument("--images", type=int, default=2000)
+    return parser
+
+
+def main():
+    parser = models_and_data_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--device-images", type=int, default=4,
                         help="images classified by the Cortex-M7 firmware (0: no firmware)")
     parser.add_argument("--capacity-factor", type=float, default=1.25,

@@ -12,11 +12,10 @@ Example:
         --images 2000 --out benchmarks/results/superclass_oracle_tinyimagenet
 """
 
-import argparse
 import time
 
 from common import run_meta, write_results
-from moe_routing_int8 import load_val
+from moe_routing_int8 import load_val, models_and_data_parser
 
 from tinymoe.analysis import superclass_oracle
 from tinymoe.pipeline import load_model
@@ -39,12 +38,7 @@ def markdown(rows, meta):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", required=True, metavar="LABEL=KERAS")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="a cub100-style image folder")
-    source.add_argument("--tinyimagenet", help="the tiny-imagenet-200 folder")
-    parser.add_argument("--images", type=int, default=2000)
+    parser = models_and_data_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
     start = time.time()
