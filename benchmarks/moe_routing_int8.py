@@ -8,7 +8,7 @@ or, per image, the chosen expert's weights gathered). Both run in TFLite Micro o
 ``--images`` validation images; the sparse form also runs in the Cortex-M7 firmware on
 ``--device-images`` of them, and its int8 outputs are compared with TFLite Micro's in
 Python. With ``--dense KERAS`` (the dense twin the MoEs were upcycled from) each MoE is
-also diagnosed (:func:`tinymoe.analysis.diagnose_experts`: how far its experts moved apart
+also diagnosed (:func:`tinymoe.diagnosis.diagnose_experts`: how far its experts moved apart
 and from the dense feed-forward, and top-1 with each layer's experts replaced by their
 mean). Data: a cub100-style folder (``--data``) or Tiny ImageNet-200
 (``--tinyimagenet``, see benchmarks/pretrain.py); only the validation split is used. The
@@ -30,7 +30,7 @@ import numpy as np
 from common import run_meta, write_results
 from tqdm.auto import tqdm
 
-from tinymoe.analysis import paired_difference
+from tinymoe.diagnosis import paired_difference
 from tinymoe.export import op_table, to_tflite, tflm_invoke
 from tinymoe.export.device import run_firmware
 from tinymoe.models import has_experts, moe_layers, with_dispatch
@@ -103,7 +103,7 @@ def measure(label, path, args, data_cache, correct):
     if "masked" in top1:
         row["deployed_agrees_with_masked"] = float(np.mean(top1["deployed"] == top1["masked"]))
     if "masked" in top1 and args.dense:
-        from tinymoe.analysis import diagnose_experts
+        from tinymoe.diagnosis import diagnose_experts
 
         diagnosis = diagnose_experts(model, x_val, y_val, load_model(args.dense))
         row["diagnosis"] = diagnosis

@@ -1,6 +1,6 @@
 """Would a perfect router help? Per-image MoEs with a super-class router, scored as their
 routers route and with every image sent to its label's super-class expert
-(:func:`tinymoe.analysis.superclass_oracle`), on the validation split, in float.
+(:func:`tinymoe.diagnosis.superclass_oracle`), on the validation split, in float.
 
 If the oracle scores no better, the experts have not specialised in their super-classes and
 no router can make them earn their flash; if it does, the router is what holds them back.
@@ -17,7 +17,7 @@ import time
 from common import run_meta, write_results
 from moe_routing_int8 import load_val, models_and_data_parser
 
-from tinymoe.analysis import superclass_oracle
+from tinymoe.diagnosis import superclass_oracle
 from tinymoe.pipeline import load_model
 
 

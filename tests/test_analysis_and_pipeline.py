@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_images
-from tinymoe.analysis import (
-    EXPERT_WEIGHTS, affinity_matrix, analyze, expert_divergence, expert_load, paper_affinity,
-    paired_difference, plot_affinity, with_mean_experts)
+from tinymoe.analysis import affinity_matrix, analyze, expert_load, paper_affinity, plot_affinity
+from tinymoe.diagnosis import expert_divergence, paired_difference, with_mean_experts
+from tinymoe.layers import EXPERT_WEIGHTS
 from tinymoe.cli import main
 from tinymoe.data import ImageData
 from tinymoe.files import atomic_path

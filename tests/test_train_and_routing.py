@@ -221,7 +221,7 @@ def test_supervised_router_logs_and_learns_the_superclass_loss():
 
 
 def test_superclass_oracle_routes_each_image_to_its_label_s_expert_under_the_router_gate():
-    from tinymoe.analysis import superclass_oracle, with_mean_experts
+    from tinymoe.diagnosis import superclass_oracle, with_mean_experts
     from tinymoe.models.tracing import read_routing
 
     keras.utils.set_random_seed(0)

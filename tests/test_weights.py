@@ -166,7 +166,7 @@ def test_cli_upcycles_a_pretrained_dense_model(tmp_path, monkeypatch):
     """`tinymoe upcycle` from a model started at the shipped dense-0.5 weights: every shared
     layer keeps the pretrained weights and every expert is the pretrained feed-forward."""
     from conftest import synthetic_images
-    from tinymoe.analysis import expert_vectors, feedforward_vector
+    from tinymoe.diagnosis import expert_vectors, feedforward_vector
     from tinymoe.cli import main
     from tinymoe.data import ImageData
     from tinymoe.models.dispatch import moe_layers

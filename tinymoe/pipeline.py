@@ -185,7 +185,7 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
 def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=8,
                 dense_model=None):
     """Writes affinity matrices (PNG and ``.npz``), expert load and patch-grouping pictures,
-    and the diagnosis of the experts (:func:`tinymoe.analysis.diagnose_experts`: how far they
+    and the diagnosis of the experts (:func:`tinymoe.diagnosis.diagnose_experts`: how far they
     moved apart, and from ``dense_model``'s feed-forwards when given; top-1 with each layer's
     experts replaced by their mean).
 
@@ -196,7 +196,8 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
     Example:
         >>> analyze_run("runs/moe/best.keras", data, "runs/analysis", dense_model="runs/dense/epoch20.keras")
     """
-    from tinymoe.analysis import analyze, diagnose_experts, plot_affinity, plot_patch_groups
+    from tinymoe.analysis import analyze, plot_affinity, plot_patch_groups
+    from tinymoe.diagnosis import diagnose_experts
 
     if isinstance(model, str):
         model = load_model(model)

@@ -125,7 +125,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         self.last_router_probs = None  # the last training call's, for the super-class loss
         # Analysis only, never saved: ``[B]`` int experts that per-image routing uses at
         # inference instead of the router's choice, under the router's own top gate
-        # (tinymoe.analysis.superclass_oracle).
+        # (tinymoe.diagnosis.superclass_oracle).
         self.forced_experts = None
 
     def build(self, input_shape):
