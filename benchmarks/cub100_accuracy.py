@@ -53,8 +53,8 @@ from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
 VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
-            "mcu_moe", "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass", "mcu_wide", "mcu_wide_moe_cluster",
-            "cnn_peer", "cnn_peer_100")
+            "mcu_moe", "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass",
+            "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
 # to its layer-norm form (config overrides of mobilevit_v2_mcu_layernorm), one at a time and
 # combined. "bnpre": the transformer's pre-norms as batch norms (norm="batch"; the labels are
@@ -239,7 +239,8 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
               "mcu_moe_image": (per_image, "cluster"),
               "mcu_moe_superclass": (per_image, "superclass")}),
             ("mcu_wide", "mobilevit_v2_mcu_wide",
-             {"mcu_wide_moe_cluster": (get_config("mobilevit_v2_mcu_wide_moe").moe, "cluster")})):
+             {"mcu_wide_moe_cluster": (get_config("mobilevit_v2_mcu_wide_moe").moe,
+                                       "cluster")})):
         if not wanted & {dense_name, *moes}:
             continue
         start = time.time()
