@@ -25,11 +25,14 @@ The earlier microcontroller comparison (8 dense epochs, then 4 MoE epochs on a n
     python benchmarks/cub100_accuracy.py --size 128 --epochs 8 --moe-epochs 4 --int8 \
         --device --variants mcu_dense mcu_moe_cluster mcu_wide cnn_peer \
         --out benchmarks/results/cub100_mcu_128px_reduced
-From the shipped Tiny ImageNet weights (FINE_TUNE's recipe): dense-0.5, and the MCU MoE's
-dense twin with three MoEs: the pretrained MoE trained whole (mcu_moe), and per-image MoEs
-upcycled at epoch 20 from the fine-tuned twin with a clustered or a super-class router:
+From the shipped Tiny ImageNet weights (FINE_TUNE's recipe): dense-0.5 and MoE-0.5 (the
+pretrained MoE trained whole), and the MCU MoE's dense twin with three MoEs: the pretrained
+MoE trained whole (mcu_moe), and per-image MoEs upcycled at epoch 20 from the fine-tuned
+twin with a clustered or a super-class router:
     python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --int8 --variants dense_050 \
         --seeds 0 1 --weights tinyimagenet --out benchmarks/results/finetune_dense050
+    python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --int8 --variants moe_050 \
+        --seeds 0 1 --weights tinyimagenet --out benchmarks/results/finetune_moe050
     python benchmarks/cub100_accuracy.py --size 128 --epochs 30 --upcycle-at 20 --int8 \
         --variants mcu_dense mcu_moe mcu_moe_image mcu_moe_superclass --seeds 0 1 \
         --weights tinyimagenet --out benchmarks/results/finetune_mcu_moe
@@ -52,7 +55,7 @@ from tinymoe.models import MCU_SPEED_LAYOUT, MoEConfig, create_model, get_config
 from tinymoe.pipeline import evaluate, load_model, train_run, upcycle_run
 from tinymoe.train import TrainConfig
 
-VARIANTS = ("dense_050", "dense_100", "moe_050_random", "moe_050_cluster", "mcu",
+VARIANTS = ("dense_050", "dense_100", "moe_050", "moe_050_random", "moe_050_cluster", "mcu",
             "mcu_moe", "mcu_dense", "mcu_moe_cluster", "mcu_moe_image", "mcu_moe_superclass",
             "mcu_wide", "mcu_wide_moe_cluster", "cnn_peer", "cnn_peer_100")
 # The speed work on the MCU model (benchmarks/mcu_speed.py counts their instructions): changes
@@ -226,13 +229,15 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
         summary = train("mobilevit_v2_mcu", data, f"{out}/seed{seed}/mcu", recipe, augment,
                         args.reuse, weights=args.weights)
         record("mcu", summary, start, args.epochs)
-    if "mcu_moe" in wanted:
-        # The registered MCU MoE trained whole on the dense schedule: with --weights its
-        # experts and router start from its own pretraining (upcycled there, not here).
-        start = time.time()
-        summary = train("mobilevit_v2_mcu_moe", data, f"{out}/seed{seed}/mcu_moe", recipe,
-                        augment, args.reuse, weights=args.weights)
-        record("mcu_moe", summary, start, args.epochs)
+    # The registered MoEs trained whole on the dense schedule: with --weights their experts
+    # and router start from their own pretraining (upcycled there, not here).
+    for name, registered in (("mcu_moe", "mobilevit_v2_mcu_moe"),
+                             ("moe_050", "mobilevit_v2_moe_050")):
+        if name in wanted:
+            start = time.time()
+            summary = train(registered, data, f"{out}/seed{seed}/{name}", recipe, augment,
+                            args.reuse, weights=args.weights)
+            record(name, summary, start, args.epochs)
     for dense_name, registered, moes in (
             ("mcu_dense", "mobilevit_v2_mcu_layernorm",
              {"mcu_moe_cluster": (get_config("mobilevit_v2_mcu_moe").moe, "cluster"),
