@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
+from cub100_report import markdown, merge_rows, previous_runs
 
 import tinymoe
 from tinymoe.augment import AugmentConfig
@@ -168,6 +169,11 @@ def upcycle_from(dense_summary, args):
     return dense_summary["best"]
 
 
+def upcycling(args):
+    """How the experts leave their copies at upcycling (tinymoe.routing.upcycle)."""
+    return {"noise": args.upcycle_noise, "reinit": args.upcycle_reinit}
+
+
 def run_seed(data, seed, args, out, publish=lambda rows: None):
     tinymoe.keras.utils.set_random_seed(seed)
     augment = AugmentConfig(crop=True, flip=True, rand_augment=args.rand_augment)
@@ -215,7 +221,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
             start = time.time()
             path = f"{out}/seed{seed}/{name}_init.keras"
             upcycle_run(upcycle_from(dense, args), data, path, moe_config, router=router,
-                        num_images=args.cluster_images, seed=seed)
+                        num_images=args.cluster_images, seed=seed, **upcycling(args))
             summary = train(path, data, f"{out}/seed{seed}/{name}", fine_tune, augment,
                             args.reuse)
             record(name, summary, start, moe_epochs)
@@ -260,8 +266,8 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
                 continue
             start = time.time()
             path = f"{out}/seed{seed}/{moe_name}_init.keras"
-            upcycle_run(upcycle_from(dense, args), data, path, moe_config,
-                        router=router, num_images=args.cluster_images, seed=seed)
+            upcycle_run(upcycle_from(dense, args), data, path, moe_config, router=router,
+                        num_images=args.cluster_images, seed=seed, **upcycling(args))
             summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
                             args.reuse)
             record(moe_name, summary, start, moe_epochs)
@@ -289,64 +295,6 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
                         augment, args.reuse)
         record("dense_100", summary, start, args.epochs)
     return rows
-
-
-def start_of(meta):
-    """Where the models of a results file started: shipped weights, a pretrained peer, or
-    random weights."""
-    starts = [f"MobileViTv2 from `{meta['weights']}` weights"] if meta.get("weights") else []
-    starts += [f"{name} from {path}" for name, path in (meta.get("peer_weights") or {}).items()]
-    return "; ".join(starts) or "random weights"
-
-
-def markdown(rows, meta):
-    lines = [f"# cub100 accuracy ({meta['size']}x{meta['size']})", "",
-             *[f"Command: `{run['command']}` ({run['wall_s']} s, seeds {run['seeds']})  "
-               for run in meta.get("runs", [meta])],
-             f"Machine: {meta['machine']}  ",
-             f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}  ",
-             f"Start: {start_of(meta)}; recipe "
-             f"{meta.get('recipe') or 'the default'}"
-             + (f"; {meta['train_per_class']} training images per species"
-                if meta.get("train_per_class") else ""), "",
-             "| variant | seed | params | MACs | epochs | train img/s | val top-1 | test top-1 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['params']:,} | {r['macs']:,} | "
-                     f"{r['epochs']} | {r['train_images_per_s']} | {r['val_top1']:.3f} | "
-                     f"{r['test_top1']:.3f} |")
-    int8 = [r for r in rows if "int8_test_top1" in r]
-    if int8:
-        lines += ["", "int8 (post-training, MoE with sparse dispatch), test split in TFLite "
-                  "Micro; Cortex-M3: the firmware app under QEMU (arena_used_bytes(), flash of "
-                  "the whole image); model array: the .tflite as the firmware embeds it.", "",
-                  "| variant | seed | float test top-1 | int8 test top-1 | .tflite bytes | "
-                  "model array bytes | Cortex-M3 arena | Cortex-M3 flash |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in int8:
-            lines.append(f"| {r['variant']} | {r['seed']} | {r['test_top1']:.3f} | "
-                         f"{r['int8_test_top1']:.3f} | {r['tflite_bytes']:,} | "
-                         f"{r['device_model_bytes']:,} | "
-                         f"{bytes_or_dash(r.get('cortex_m3_arena_bytes'))} | "
-                         f"{bytes_or_dash(r.get('cortex_m3_flash_bytes'))} |")
-    seeds = {r["seed"] for r in rows}
-    if len(seeds) > 1:
-        lines += ["", f"Over seeds {sorted(seeds)}: mean (lowest, highest).", "",
-                  "| variant | seeds | test top-1 | int8 test top-1 |", "|---|---|---|---|"]
-        for variant in dict.fromkeys(r["variant"] for r in rows):
-            mine = [r for r in rows if r["variant"] == variant]
-            cells = []
-            for key in ("test_top1", "int8_test_top1"):
-                values = [r[key] for r in mine if key in r]
-                cells.append(f"{np.mean(values):.3f} ({min(values):.3f}, {max(values):.3f})"
-                             if values else "—")
-            lines.append(f"| {variant} | {len(mine)} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
-
-
-def bytes_or_dash(value):
-    """``value`` with thousands separators, or a dash where it was not measured."""
-    return "—" if value is None else f"{value:,}"
 
 
 def main(argv=None):
@@ -380,6 +328,11 @@ def main(argv=None):
                              "a quarter of --learning-rate)")
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--cluster-images", type=int, default=1024)
+    parser.add_argument("--upcycle-noise", type=float, default=0.0,
+                        help="relative noise added to the expert copies at upcycling")
+    parser.add_argument("--upcycle-reinit", type=float, default=0.0, metavar="FRACTION",
+                        help="fraction of each expert's hidden units drawn afresh at "
+                             "upcycling (Drop-Upcycling)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--per-class", type=int, default=0, help="smoke runs: images per class")
@@ -426,6 +379,7 @@ def main(argv=None):
                         recipe={key: getattr(args, key) for key in (
                             "learning_rate", "warmup_epochs", "label_smoothing")},
                         train_per_class=args.train_per_class or None,
+                        upcycling=upcycling(args) if any(upcycling(args).values()) else None,
                         images={s: int((data.splits == s).sum())
                                 for s in ("train", "val", "test")})
         merged = merge_rows(earlier, rows + seed_rows)
@@ -439,28 +393,6 @@ def main(argv=None):
 
     for seed in args.seeds:
         rows.extend(run_seed(data, seed, args, f"{args.out}/runs", publish))
-
-
-def previous_runs(out, size):
-    """Rows and runs already in ``out.json`` (one seed per run appends to the same file)."""
-    import json
-
-    if not os.path.exists(f"{out}.json"):
-        return [], []
-    with open(f"{out}.json") as handle:
-        payload = json.load(handle)
-    if payload["meta"]["size"] != size:
-        raise SystemExit(f"{out}.json holds {payload['meta']['size']}x{payload['meta']['size']} "
-                         f"results, not {size}x{size}: choose another --out")
-    meta = payload["meta"]
-    runs = meta.get("runs") or [{k: meta[k] for k in ("command", "wall_s", "seeds")}]
-    return payload["rows"], runs
-
-
-def merge_rows(earlier, rows):
-    """``earlier`` with each (variant, seed) measured again replaced by its new row."""
-    new = {(r["variant"], r["seed"]) for r in rows}
-    return [r for r in earlier if (r["variant"], r["seed"]) not in new] + rows
 
 
 if __name__ == "__main__":

@@ -190,6 +190,7 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
     # Stage 5 at 64x64 has one 2x2 patch per image, fewer than 2 x 2 experts: --routing auto
     # routes it per token, so the 4 tokens of each of the 8 images are clustered.
     assert sum(report["layers"]["stage5_mvit/transformer_2"]["cluster_sizes"]) == 8 * 4
+    assert report["reinit"] == 0.0 and report["noise"] == 0.0
     assert main(["analyze", str(out), "--out", str(tmp_path / "analysis"),
                  "--dense", str(tmp_path / "dense.keras")]) == 0
     written = sorted(os.listdir(tmp_path / "analysis"))
@@ -222,6 +223,8 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
     assert main(["upcycle", str(tmp_path / "missing.keras"), "--out", str(out)]) == 2
     assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
                  "--layers", "five"]) == 2
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
+                 "--reinit", "2"]) == 2  # a fraction
 
 
 @pytest.mark.slow

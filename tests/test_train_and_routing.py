@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_images
 from tinymoe.augment import make_dataset
 from tinymoe.backend import keras, tf
-from tinymoe.layers import MoEFeedForward
+from tinymoe.layers import MoEFeedForward, feedforward_weights
 from tinymoe.models import MoEConfig, create_model
 from tinymoe.routing import (
     cluster_embeddings, collect_embeddings, router_from_centroids, superclasses, upcycle)
@@ -312,12 +312,43 @@ def test_random_router_baseline_keeps_expert_copies_but_not_the_clustered_router
     assert report.router == "random"
 
 
+def test_drop_upcycling_draws_a_different_half_of_each_experts_hidden_units_afresh(dense):
+    model, images = dense
+    moe, _ = upcycle(model, MoEConfig(num_experts=4, layers=((5, -1),)), images[:8],
+                     router="random", reinit=0.5)
+    layer = moe.get_layer("stage5_mvit").transformer[2].ffn
+    dense_ffn = model.get_layer("stage5_mvit").transformer[2].ffn
+    kernel_in, bias_in, kernel_out, bias_out = feedforward_weights(dense_ffn)
+    hidden = bias_in.shape[0]
+    subsets = []
+    for e in range(4):
+        # A hidden unit is kept whole (its input column, bias and output row equal the
+        # dense ones) or drawn whole; exactly half are drawn.
+        kept_in = (layer.expert_kernel_in.numpy()[e] == kernel_in).all(axis=0)
+        kept_bias = layer.expert_bias_in.numpy()[e] == bias_in
+        kept_out = (layer.expert_kernel_out.numpy()[e] == kernel_out).all(axis=1)
+        np.testing.assert_array_equal(kept_in, kept_bias)
+        np.testing.assert_array_equal(kept_in, kept_out)
+        assert (~kept_in).sum() == hidden // 2
+        subsets.append(frozenset(np.flatnonzero(~kept_in)))
+        np.testing.assert_array_equal(layer.expert_bias_out.numpy()[e], bias_out)
+        # Drawn from the dense weight's statistics: over d x h/2 samples the mean is within
+        # 5 standard errors, the spread within 10% (its standard error, 1/sqrt(2n), is
+        # under 1% for these n).
+        fresh = layer.expert_kernel_in.numpy()[e][:, ~kept_in]
+        assert abs(fresh.mean() - kernel_in.mean()) < 5 * kernel_in.std() / np.sqrt(fresh.size)
+        assert abs(fresh.std() / kernel_in.std() - 1) < 0.1
+    assert len(set(subsets)) == 4  # a different subset per expert
+
+
 def test_upcycle_refuses_what_it_cannot_do(dense):
     model, images = dense
     with pytest.raises(ValueError, match="expert_hidden_dim must be None or 256"):
         upcycle(model, MoEConfig(layers=((5, -1),), expert_hidden_dim=64), images[:8])
     with pytest.raises(ValueError, match="router must be one of"):
         upcycle(model, MoEConfig(), images[:8], router="kmeans")
+    with pytest.raises(ValueError, match="reinit is a fraction"):
+        upcycle(model, MoEConfig(layers=((5, -1),)), images[:8], reinit=1.5)
     moe, _ = upcycle(model, MoEConfig(layers=((5, -1),)), images[:8])
     with pytest.raises(ValueError, match="already has experts"):
         upcycle(moe, MoEConfig(layers=((5, -1),)), images[:8])

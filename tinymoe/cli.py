@@ -176,6 +176,10 @@ def build_parser():
                          help="training images whose patches are clustered (default: 512)")
     upcycle.add_argument("--noise", type=float, default=0.0,
                          help="relative noise added to the expert copies (default: 0)")
+    upcycle.add_argument("--reinit", type=float, default=0.0, metavar="FRACTION",
+                         help="fraction of each expert's hidden units drawn afresh from the "
+                              "dense weights' statistics, a different subset per expert "
+                              "(Drop-Upcycling; default: 0, exact copies)")
     upcycle.set_defaults(run=commands.run_upcycle)
 
     analyze = subcommands.add_parser(

@@ -121,7 +121,8 @@ def run_upcycle(args):
     config = MoEConfig(num_experts=args.experts, top_k=args.top_k,
                        layers=_parse_layers(args.layers), routing=args.routing)
     _, summary = upcycle_run(args.dense, data, args.out, config, router=args.router,
-                             num_images=args.images, linkage=args.linkage, noise=args.noise)
+                             num_images=args.images, linkage=args.linkage, noise=args.noise,
+                             reinit=args.reinit)
     print(json.dumps(summary, indent=2))
     return 0
 

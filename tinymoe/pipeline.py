@@ -177,7 +177,9 @@ def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_im
     with atomic_path(out_path) as tmp:
         moe.save(tmp)
     summary = {"router": report.router, "layers": report.layers, "dense": dense_path,
-               "images": int(min(num_images, len(x_train))), **profile(moe)}
+               "images": int(min(num_images, len(x_train))),
+               **{key: upcycle_kwargs[key] for key in ("noise", "reinit")
+                  if key in upcycle_kwargs}, **profile(moe)}
     write_json(os.path.splitext(out_path)[0] + "_upcycle.json", summary)
     return moe, summary
 

@@ -172,7 +172,7 @@ class UpcycleReport:
 
 
 def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
-            max_samples=4000, noise=0.0, temperature=None, seed=0, batch_size=32,
+            max_samples=4000, noise=0.0, reinit=0.0, temperature=None, seed=0, batch_size=32,
             labels=None, num_classes=None):
     """Turns a trained dense MobileViTv2 into a mixture-of-experts model.
 
@@ -190,6 +190,11 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
         max_samples: patches clustered per layer at most.
         noise: experts are the dense weights plus Gaussian noise of ``noise`` times each
             weight's standard deviation (0: exact copies).
+        reinit: the fraction of each expert's hidden units drawn afresh (Drop-Upcycling,
+            Nakamura et al., arXiv 2502.19261, which found 0.5 best): a random subset per
+            expert, whose input weights, biases and output weights are sampled from a normal
+            distribution with the mean and standard deviation of the dense weight they
+            replace; the rest stay copies (0: none).
         temperature: router temperature; None chooses it from the data.
         seed: seed of the patch subset, the noise and the random router; it reseeds
             Python, NumPy and TensorFlow (``keras.utils.set_random_seed``), so build the
@@ -205,6 +210,8 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
     """
     if router not in ROUTER_INITS:
         raise ValueError(f"router must be one of {ROUTER_INITS}, got {router!r}.")
+    if not 0.0 <= reinit <= 1.0:
+        raise ValueError(f"reinit is a fraction of the hidden units, in [0, 1]; got {reinit}.")
     if router == "superclass":
         if moe_config.routing != "image":
             raise ValueError(f"router='superclass' needs per-image routing (routing='image'),"
@@ -239,7 +246,8 @@ def upcycle(dense_model, moe_config, images, router="cluster", linkage="ward",
     for key, moe in moe_layers(moe_model).items():
         block_name, layer_name = key.split("/")
         index = int(layer_name.rsplit("_", 1)[1])
-        _copy_experts(dense_model.get_layer(block_name).transformer[index].ffn, moe, noise, rng)
+        _copy_experts(dense_model.get_layer(block_name).transformer[index].ffn, moe, noise, rng,
+                      reinit)
         if router == "superclass":
             table, centroids = groups[key]
             kernel, bias, used = router_from_centroids(centroids, embeddings[key], temperature)
@@ -310,11 +318,22 @@ def _copy_shared_weights(dense_model, moe_model):
                 layer.set_weights(source.get_weights())
 
 
-def _copy_experts(dense_ffn, moe, noise, rng):
-    """Every expert of ``moe`` becomes ``dense_ffn`` (plus relative Gaussian noise)."""
-    for name, value in zip(EXPERT_WEIGHTS, feedforward_weights(dense_ffn)):
+def _copy_experts(dense_ffn, moe, noise, rng, reinit=0.0):
+    """Every expert of ``moe`` becomes ``dense_ffn`` (plus relative Gaussian noise), with a
+    ``reinit`` fraction of its hidden units drawn afresh (see :func:`upcycle`)."""
+    weights = feedforward_weights(dense_ffn)  # [d, h], [h], [h, d], [d]
+    hidden = weights[1].shape[0]
+    drawn = [rng.permutation(hidden)[:round(reinit * hidden)] for _ in range(moe.num_experts)]
+    # The axis of each weight that runs along the hidden units (None: the output bias).
+    for name, value, axis in zip(EXPERT_WEIGHTS, weights, (1, 0, 0, None)):
         target = getattr(moe, name)
         copies = np.repeat(value[None], moe.num_experts, axis=0)
         if noise > 0:
             copies = copies + rng.normal(0, noise * (value.std() + 1e-12), copies.shape)
+        if axis is not None:
+            for e, units in enumerate(drawn):
+                index = [slice(None)] * value.ndim
+                index[axis] = units
+                shape = [len(units) if i == axis else n for i, n in enumerate(value.shape)]
+                copies[e][tuple(index)] = rng.normal(value.mean(), value.std(), shape)
         target.assign(copies.astype(np.float32))
