@@ -323,7 +323,9 @@ def _copy_experts(dense_ffn, moe, noise, rng, reinit=0.0):
     ``reinit`` fraction of its hidden units drawn afresh (see :func:`upcycle`)."""
     weights = feedforward_weights(dense_ffn)  # [d, h], [h], [h, d], [d]
     hidden = weights[1].shape[0]
-    drawn = [rng.permutation(hidden)[:round(reinit * hidden)] for _ in range(moe.num_experts)]
+    # Drawn only when asked, so that the noise of a run without reinit stays as it was.
+    drawn = [rng.permutation(hidden)[:round(reinit * hidden)]
+             for _ in range(moe.num_experts)] if reinit > 0 else []
     # The axis of each weight that runs along the hidden units (None: the output bias).
     for name, value, axis in zip(EXPERT_WEIGHTS, weights, (1, 0, 0, None)):
         target = getattr(moe, name)
