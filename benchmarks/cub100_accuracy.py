@@ -174,6 +174,11 @@ def upcycling(args):
     return {"noise": args.upcycle_noise, "reinit": args.upcycle_reinit}
 
 
+def with_expert_dropout(moe_config, args):
+    """``moe_config`` with --expert-dropout (dropout on the experts' hidden units)."""
+    return dataclasses.replace(moe_config, expert_dropout=args.expert_dropout)
+
+
 def run_seed(data, seed, args, out, publish=lambda rows: None):
     tinymoe.keras.utils.set_random_seed(seed)
     augment = AugmentConfig(crop=True, flip=True, rand_augment=args.rand_augment)
@@ -213,7 +218,7 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
                       augment, args.reuse, weights=args.weights)
         if "dense_050" in wanted:
             record("dense_050", dense, start, args.epochs)
-        moe_config = MoEConfig(num_experts=args.experts, top_k=1)
+        moe_config = with_expert_dropout(MoEConfig(num_experts=args.experts, top_k=1), args)
         for router in ("random", "cluster"):
             name = f"moe_050_{router}"
             if name not in wanted:
@@ -266,7 +271,8 @@ def run_seed(data, seed, args, out, publish=lambda rows: None):
                 continue
             start = time.time()
             path = f"{out}/seed{seed}/{moe_name}_init.keras"
-            upcycle_run(upcycle_from(dense, args), data, path, moe_config, router=router,
+            upcycle_run(upcycle_from(dense, args), data, path,
+                        with_expert_dropout(moe_config, args), router=router,
                         num_images=args.cluster_images, seed=seed, **upcycling(args))
             summary = train(path, data, f"{out}/seed{seed}/{moe_name}", fine_tune, augment,
                             args.reuse)
@@ -333,6 +339,8 @@ def main(argv=None):
     parser.add_argument("--upcycle-reinit", type=float, default=0.0, metavar="FRACTION",
                         help="fraction of each expert's hidden units drawn afresh at "
                              "upcycling (Drop-Upcycling)")
+    parser.add_argument("--expert-dropout", type=float, default=0.0, metavar="RATE",
+                        help="dropout on the upcycled experts' hidden units in training")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--per-class", type=int, default=0, help="smoke runs: images per class")
@@ -379,7 +387,9 @@ def main(argv=None):
                         recipe={key: getattr(args, key) for key in (
                             "learning_rate", "warmup_epochs", "label_smoothing")},
                         train_per_class=args.train_per_class or None,
-                        upcycling=upcycling(args) if any(upcycling(args).values()) else None,
+                        upcycling=({**upcycling(args), "expert_dropout": args.expert_dropout}
+                                   if any(upcycling(args).values()) or args.expert_dropout
+                                   else None),
                         images={s: int((data.splits == s).sum())
                                 for s in ("train", "val", "test")})
         merged = merge_rows(earlier, rows + seed_rows)

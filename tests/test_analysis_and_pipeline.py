@@ -225,6 +225,8 @@ def test_cli_upcycle_then_analyze_writes_model_report_and_figures(tmp_path, monk
                  "--layers", "five"]) == 2
     assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
                  "--reinit", "2"]) == 2  # a fraction
+    assert main(["upcycle", str(tmp_path / "dense.keras"), "--out", str(out),
+                 "--expert-dropout", "1"]) == 2  # a rate below 1
 
 
 @pytest.mark.slow

@@ -154,3 +154,39 @@ def test_per_image_routing_refuses_int8_simulation_by_name():
     with pytest.raises(NotImplementedError, match="experts: quantisation-aware training of "
                                                   "per-image routing"):
         layer(tf.zeros([1, 4, 4, 8]))
+
+
+@pytest.mark.parametrize("routing", ["patch", "image"])
+def test_expert_dropout_drops_hidden_units_in_training_only(routing):
+    """Identity experts with relu on positive inputs: each expert's hidden units are the
+    input itself, so the output is gate * x, and expert dropout (rate 0.5) must leave each
+    output value either 0 or exactly twice that (Keras scales kept units by 1 / (1 - rate)).
+    Products with 1 and 0 and sums with zeros are exact in float32 under any kernel, so the
+    ratio is compared to 1e-6."""
+    experts, dim = 2, 8
+    x = (np.abs(np.random.default_rng(5).normal(size=(4, 4, 6, dim))) + 0.1).astype(np.float32)
+    layer = MoEFeedForward(num_experts=experts, hidden_dim=dim, routing=routing,
+                           activation="relu", aux_loss_weight=0.0, expert_dropout=0.5)
+    layer(x)
+    identities = np.stack([np.eye(dim, dtype=np.float32)] * experts)
+    layer.expert_kernel_in.assign(identities)
+    layer.expert_kernel_out.assign(identities)
+    inference = layer(x).numpy()
+    gate = tf.reduce_max(layer.router_probs(x), axis=-1).numpy()[..., None]
+    np.testing.assert_allclose(inference, gate * x, rtol=1e-6)  # no dropout at inference
+    keras.utils.set_random_seed(0)
+    trained = layer(x, training=True).numpy()
+    dropped = trained == 0
+    np.testing.assert_allclose(trained[~dropped] / inference[~dropped], 2.0, rtol=1e-6)
+    # Each of n values is dropped with probability 0.5: the fraction lies within 5 standard
+    # errors (0.5 / sqrt(n)) of it.
+    assert abs(dropped.mean() - 0.5) < 5 * 0.5 / np.sqrt(dropped.size)
+
+
+def test_expert_dropout_serialises_and_bad_rates_are_refused():
+    layer = MoEFeedForward(num_experts=2, hidden_dim=4, expert_dropout=0.25)
+    assert MoEFeedForward.from_config(layer.get_config()).expert_dropout == 0.25
+    with pytest.raises(ValueError, match=r"expert_dropout is a dropout rate in \[0, 1\), got 1.0"):
+        MoEFeedForward(expert_dropout=1.0)
+    with pytest.raises(ValueError, match="expert_dropout applies to masked training"):
+        MoEFeedForward(expert_dropout=0.1, train_dispatch="sparse")

@@ -9,6 +9,7 @@ from tinymoe.augment import make_dataset
 from tinymoe.backend import keras, tf
 from tinymoe.layers import MoEFeedForward, feedforward_weights
 from tinymoe.models import MoEConfig, create_model
+from tinymoe.pipeline import load_model
 from tinymoe.routing import (
     cluster_embeddings, collect_embeddings, router_from_centroids, superclasses, upcycle)
 from tinymoe.train import (TrainConfig, compile_for_training, fit, learning_rate_schedule,
@@ -341,6 +342,15 @@ def test_drop_upcycling_draws_a_different_half_of_each_experts_hidden_units_afre
     assert len(set(subsets)) == 4  # a different subset per expert
 
 
+def test_expert_dropout_reaches_the_upcycled_layers_and_survives_saving(dense, tmp_path):
+    model, images = dense
+    moe, _ = upcycle(model, MoEConfig(num_experts=2, layers=((5, -1),), expert_dropout=0.3),
+                     images[:8], router="random")
+    moe.save(tmp_path / "moe.keras")
+    layer = load_model(str(tmp_path / "moe.keras")).get_layer("stage5_mvit").transformer[2].ffn
+    assert layer.expert_dropout == 0.3
+
+
 def test_upcycle_refuses_what_it_cannot_do(dense):
     model, images = dense
     with pytest.raises(ValueError, match="expert_hidden_dim must be None or 256"):
@@ -349,6 +359,8 @@ def test_upcycle_refuses_what_it_cannot_do(dense):
         upcycle(model, MoEConfig(), images[:8], router="kmeans")
     with pytest.raises(ValueError, match="reinit is a fraction"):
         upcycle(model, MoEConfig(layers=((5, -1),)), images[:8], reinit=1.5)
+    with pytest.raises(ValueError, match=r"expert_dropout is a dropout rate in \[0, 1\)"):
+        MoEConfig(expert_dropout=-0.1)
     moe, _ = upcycle(model, MoEConfig(layers=((5, -1),)), images[:8])
     with pytest.raises(ValueError, match="already has experts"):
         upcycle(moe, MoEConfig(layers=((5, -1),)), images[:8])

@@ -180,6 +180,9 @@ def build_parser():
                          help="fraction of each expert's hidden units drawn afresh from the "
                               "dense weights' statistics, a different subset per expert "
                               "(Drop-Upcycling; default: 0, exact copies)")
+    upcycle.add_argument("--expert-dropout", type=float, default=0.0, metavar="RATE",
+                         help="dropout on the experts' hidden units when the MoE trains "
+                              "(Switch Transformer's expert dropout; default: 0)")
     upcycle.set_defaults(run=commands.run_upcycle)
 
     analyze = subcommands.add_parser(

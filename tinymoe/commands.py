@@ -119,7 +119,8 @@ def run_upcycle(args):
 
     data = load_dataset(args.data, args.input_size)
     config = MoEConfig(num_experts=args.experts, top_k=args.top_k,
-                       layers=_parse_layers(args.layers), routing=args.routing)
+                       layers=_parse_layers(args.layers), routing=args.routing,
+                       expert_dropout=args.expert_dropout)
     _, summary = upcycle_run(args.dense, data, args.out, config, router=args.router,
                              num_images=args.images, linkage=args.linkage, noise=args.noise,
                              reinit=args.reinit)

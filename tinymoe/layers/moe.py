@@ -82,6 +82,9 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             V-MoE's router supervision, weight 0.3 there); see
             :func:`tinymoe.train.compile_for_training`, which installs that loss.
         superclass_loss_weight: float >= 0, the weight of that loss.
+        expert_dropout: float in [0, 1), dropout on the experts' hidden units in training
+            (Switch Transformer's "expert dropout", which helped its MoEs fine-tune on small
+            data); inference and the int8 graph are unchanged. Masked training only.
 
     Weights: ``router_kernel [d, E]``, ``router_bias [E]``, ``expert_kernel_in [E, d, h]``,
     ``expert_bias_in [E, h]``, ``expert_kernel_out [E, h, d]``, ``expert_bias_out [E, d]``.
@@ -98,7 +101,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                  routing="patch", aux_loss_weight=0.01, normalize_gates=False,
                  dispatch="masked", capacity_factor=1.25, priority="gate",
                  train_dispatch="masked", superclasses=None, superclass_loss_weight=0.3,
-                 **kwargs):
+                 expert_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         validate_moe_args(num_experts, top_k, routing, hidden_dim)
         validate_dispatch(dispatch, capacity_factor, top_k, num_experts)
@@ -122,6 +125,13 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             raise ValueError(f"superclass_loss_weight must be at least 0, got "
                              f"{superclass_loss_weight}.")
         self.superclass_loss_weight = float(superclass_loss_weight)
+        if not 0.0 <= float(expert_dropout) < 1.0:
+            raise ValueError(f"expert_dropout is a dropout rate in [0, 1), got {expert_dropout}.")
+        if float(expert_dropout) > 0 and train_dispatch == "sparse":
+            raise ValueError("expert_dropout applies to masked training; this layer trains "
+                             "with train_dispatch='sparse'.")
+        self.expert_dropout = float(expert_dropout)
+        self._expert_drop = keras.layers.Dropout(self.expert_dropout)
         self.last_router_probs = None  # the last training call's, for the super-class loss
         # Analysis only, never saved: ``[B]`` int experts that per-image routing uses at
         # inference instead of the router's choice, under the router's own top gate
@@ -218,7 +228,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             self._add_balance_loss(probs, mask)
         if self.simulate_int8:
             return self._combine_int8(x, gates, training)
-        return self.combine(x, gates)
+        return self.combine(x, gates, training)
 
     def _call_image(self, x, training):
         """Per-image routing: the gather form for one image at inference with sparse
@@ -237,7 +247,7 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
             chosen = tf.one_hot(forced, self.num_experts, dtype=gates.dtype)[:, None, None]
             gates = chosen * tf.reduce_sum(gates, axis=-1, keepdims=True)
         # Every patch takes its image's gates: [B, 1, 1, E] -> [B, 1, N, E].
-        return self.combine(x, gates * tf.ones([1, 1, x.shape[2], 1], gates.dtype))
+        return self.combine(x, gates * tf.ones([1, 1, x.shape[2], 1], gates.dtype), training)
 
     def _image_select(self, x):
         """One image through its chosen expert alone: the expert's weights are gathered
@@ -267,6 +277,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         for e in range(self.num_experts):
             hidden = _pointwise(x, self.expert_kernel_in[e]) + self.expert_bias_in[e]
             hidden = int8_activation(self, f"expert{e}", self.activation, hidden, training)
+            if training and self.expert_dropout > 0:
+                hidden = self._expert_drop(hidden, training=True)
             outputs.append(_pointwise(hidden, self.expert_kernel_out[e]) +
                            self.expert_bias_out[e])
         outputs = self.int8("expert_out", tf.stack(outputs, axis=-2), training)
@@ -276,8 +288,9 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         if self.aux_loss_weight > 0:
             self.add_loss(self.aux_loss_weight * load_balancing_loss(probs, mask, self.top_k))
 
-    def combine(self, x, gates):
-        """Runs every expert on every token and sums their outputs weighted by ``gates``."""
+    def combine(self, x, gates, training=None):
+        """Runs every expert on every token and sums their outputs weighted by ``gates``
+        (in training, with ``expert_dropout`` on the hidden units)."""
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         experts, hidden = self.num_experts, self.hidden_dim
         gate_positions = gates.shape[1]
@@ -287,6 +300,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         hidden_all = _pointwise(x, kernel_in) + tf.reshape(self.expert_bias_in, [-1])
         if self._act is not None:
             hidden_all = self._act(hidden_all)  # [B, P, N, E*h]
+        if training and self.expert_dropout > 0:
+            hidden_all = self._expert_drop(hidden_all, training=True)
         hidden_all = tf.reshape(hidden_all, [-1, positions, patches * experts, hidden])
         gated = hidden_all * tf.reshape(gates, [-1, gate_positions, patches * experts, 1])
         gated = tf.reshape(gated, [-1, positions, patches, experts * hidden])
@@ -361,7 +376,8 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                 "activation": self.activation, "routing": self.routing,
                 "aux_loss_weight": self.aux_loss_weight,
                 "normalize_gates": self.normalize_gates, "superclasses": self.superclasses,
-                "superclass_loss_weight": self.superclass_loss_weight}
+                "superclass_loss_weight": self.superclass_loss_weight,
+                "expert_dropout": self.expert_dropout}
 
 
 def validate_moe_args(num_experts, top_k, routing, hidden_dim=1, modes=ROUTING_MODES):

@@ -83,6 +83,8 @@ class MoEConfig:
             width, so that experts can start as copies of a trained dense feed-forward.
         aux_loss_weight: load-balancing loss weight (0 disables).
         normalize_gates: renormalise the gates over the chosen experts.
+        expert_dropout: dropout on the experts' hidden units in training (0 disables; see
+            :class:`tinymoe.layers.MoEFeedForward`).
 
     Example:
         >>> MoEConfig(num_experts=8, top_k=2, layers=((5, -1),), routing="token")
@@ -96,10 +98,14 @@ class MoEConfig:
     expert_hidden_dim: Optional[int] = None
     aux_loss_weight: float = 0.01
     normalize_gates: bool = False
+    expert_dropout: float = 0.0
 
     def __post_init__(self):
         validate_moe_args(self.num_experts, self.top_k, self.routing,
                           self.expert_hidden_dim or 1, MODEL_ROUTING_MODES)
+        if not 0.0 <= self.expert_dropout < 1.0:
+            raise ValueError(f"expert_dropout is a dropout rate in [0, 1), got "
+                             f"{self.expert_dropout}.")
         for stage, _ in self.layers:
             if stage not in TRANSFORMER_STAGES:
                 raise ValueError(f"MoE layer stage must be one of {TRANSFORMER_STAGES}, got "
@@ -111,7 +117,7 @@ class MoEConfig:
         routing = resolve_routing(self.routing, num_patches, self.num_experts, where)
         return {"num_experts": self.num_experts, "top_k": self.top_k, "routing": routing,
                 "activation": self.activation, "aux_loss_weight": self.aux_loss_weight,
-                "normalize_gates": self.normalize_gates}
+                "normalize_gates": self.normalize_gates, "expert_dropout": self.expert_dropout}
 
 
 @dataclasses.dataclass(frozen=True)
