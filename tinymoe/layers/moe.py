@@ -25,10 +25,11 @@ Per-image routing (one expert per image, as Mobile V-MoE, arXiv 2309.04354) need
 its "sparse" form gathers the chosen expert's weights (GATHER on the stacked ``[E, ...]``
 constants, indexed by the router's ARG_MAX) and runs them as two 2-D FULLY_CONNECTED ops
 with a runtime filter, the biases added by ADD. Only that expert's multiply-accumulates run
-and no patch is ever dropped, so it equals the masked form up to int8 rounding (the stacked
-weights share one per-tensor scale). The filters stay 2-D because CMSIS-NN's fully connected
-kernel takes a fast 1x1-convolution path for higher ranks that ignores a runtime filter's
-zero point.
+and no patch is ever dropped. Its exported masked form runs every expert through the same
+gathered weights (the stacked weights share one per-tensor scale), so the two int8 forms
+differ only by the masked form's gating roundings. The filters stay 2-D because CMSIS-NN's
+fully connected kernel takes a fast 1x1-convolution path for higher ranks that ignores a
+runtime filter's zero point.
 """
 
 import math
@@ -231,13 +232,17 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         return self.combine(x, gates, training)
 
     def _call_image(self, x, training):
-        """Per-image routing: the gather form for one image at inference with sparse
-        dispatch (what the device runs), else every expert under its image's gate (the
-        masked form; in float both give the same values, and no image is ever dropped)."""
+        """Per-image routing: for one image at inference (the exported graph), the gather
+        form (sparse dispatch, what the device runs) or every expert gathered alike (masked);
+        else every expert under its image's gate (in float all give the same values, and no
+        image is ever dropped)."""
         form = self.train_dispatch if training else self.dispatch
         forced = None if training else self.forced_experts
-        if forced is None and not training and form == "sparse" and x.shape[0] == 1:
-            return self._image_select(x)
+        if forced is None and not training and x.shape[0] == 1 and self.top_k == 1:
+            # The exported graphs: the chosen expert alone (sparse), or every expert through
+            # the same gathered weights (masked), so that both int8 forms quantise each
+            # expert alike, as the per-patch forms do.
+            return self._image_select(x) if form == "sparse" else self._image_every(x)
         probs = self.router_probs(x, training)
         gates, mask = self.gates(probs)
         if training:
@@ -256,19 +261,47 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         probs = tf.reshape(self.router_probs(x), [self.num_experts])
         chosen = tf.argmax(probs, axis=-1, output_type=tf.int32)  # ties: lower index
-        tokens = tf.reshape(x, [positions * patches, dim])
-        # Filters as FULLY_CONNECTED holds them, [out, in]: [E, h, d] and [E, d, h].
-        kernel_in = tf.gather(tf.transpose(self.expert_kernel_in, [0, 2, 1]), chosen)
-        hidden = (tf.matmul(tokens, kernel_in, transpose_b=True) +
-                  tf.gather(self.expert_bias_in, chosen))
-        if self._act is not None:
-            hidden = self._act(hidden)
-        kernel_out = tf.gather(tf.transpose(self.expert_kernel_out, [0, 2, 1]), chosen)
-        out = (tf.matmul(hidden, kernel_out, transpose_b=True) +
-               tf.gather(self.expert_bias_out, chosen))
+        out = self._gathered_expert(tf.reshape(x, [positions * patches, dim]), chosen)
         if not self.normalize_gates:  # a renormalised single gate is 1
             out = out * tf.reduce_max(probs)
         return tf.reshape(out, [1, positions, patches, dim])
+
+    def _image_every(self, x):
+        """One image through every expert, each gathered as :meth:`_image_select` gathers
+        the chosen one, scaled by its gate (0 for all but the chosen) and summed: the masked
+        form, at E experts' MACs. The k-th runs expert (chosen + k) mod E, looked up in the
+        stacked weights written twice (indices computed at run time, which the converter
+        cannot fold, and with the same range, so the same int8 scale, as the gather form's),
+        so that its k = 0 expert is quantised exactly as the gather form's."""
+        positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
+        probs = tf.reshape(self.router_probs(x), [1, self.num_experts])
+        gates = tf.reshape(self.gates(probs)[0], [self.num_experts])
+        chosen = tf.argmax(gates, axis=-1, output_type=tf.int32)
+        tokens = tf.reshape(x, [positions * patches, dim])
+        twice = lambda w: tf.concat([w, w], axis=0)  # noqa: E731
+        weights = [twice(w) for w in (self.expert_kernel_in, self.expert_bias_in,
+                                      self.expert_kernel_out, self.expert_bias_out)]
+        total = 0.0
+        for k in range(self.num_experts):
+            total += (self._gathered_expert(tokens, chosen + k, *weights) *
+                      tf.gather(twice(gates), chosen + k))
+        return tf.reshape(total, [1, positions, patches, dim])
+
+    def _gathered_expert(self, tokens, expert, kernel_in=None, bias_in=None, kernel_out=None,
+                         bias_out=None):
+        """Expert ``expert`` (a scalar int32 tensor) on ``tokens`` ``[n, d]``, its weights
+        gathered from the stacked ones (default: the layer's) as FULLY_CONNECTED holds them,
+        ``[out, in]``."""
+        if kernel_in is None:
+            kernel_in, bias_in, kernel_out, bias_out = (
+                self.expert_kernel_in, self.expert_bias_in, self.expert_kernel_out,
+                self.expert_bias_out)
+        hidden = (tf.matmul(tokens, tf.gather(tf.transpose(kernel_in, [0, 2, 1]), expert),
+                            transpose_b=True) + tf.gather(bias_in, expert))
+        if self._act is not None:
+            hidden = self._act(hidden)
+        return (tf.matmul(hidden, tf.gather(tf.transpose(kernel_out, [0, 2, 1]), expert),
+                          transpose_b=True) + tf.gather(bias_out, expert))
 
     def _combine_int8(self, x, gates, training):
         """:meth:`combine` with the int8 points of the exported graph: each expert's output
