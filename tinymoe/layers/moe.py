@@ -268,21 +268,25 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
 
     def _image_every(self, x):
         """One image through every expert, each gathered as :meth:`_image_select` gathers
-        the chosen one, scaled by its gate (0 for all but the chosen) and summed: the masked
-        form, at E experts' MACs. The k-th runs expert (chosen + k) mod E, looked up in the
-        stacked weights written twice (indices computed at run time, which the converter
-        cannot fold, and with the same range, so the same int8 scale, as the gather form's),
-        so that its k = 0 expert is quantised exactly as the gather form's."""
+        the chosen one, scaled by its gate and summed: the masked form, at E experts' MACs.
+        The chosen expert comes first, computed and gated exactly as the gather form does;
+        then expert (chosen + k) mod E for k = 1 .. E-1 under its gate (0 at top-1), looked
+        up in the stacked weights written twice: indices computed at run time, which the
+        converter cannot fold, in weights of the same range, so the same int8 scale."""
         positions, patches, dim = x.shape[1], x.shape[2], x.shape[3]
         probs = tf.reshape(self.router_probs(x), [1, self.num_experts])
         gates = tf.reshape(self.gates(probs)[0], [self.num_experts])
-        chosen = tf.argmax(gates, axis=-1, output_type=tf.int32)
+        chosen = tf.argmax(probs[0], axis=-1, output_type=tf.int32)  # ties: lower index
         tokens = tf.reshape(x, [positions * patches, dim])
         twice = lambda w: tf.concat([w, w], axis=0)  # noqa: E731
         weights = [twice(w) for w in (self.expert_kernel_in, self.expert_bias_in,
                                       self.expert_kernel_out, self.expert_bias_out)]
-        total = 0.0
-        for k in range(self.num_experts):
+        # The chosen expert under its gate as the gather form scales it, then the others
+        # under theirs (all 0 at top-1).
+        total = self._gathered_expert(tokens, chosen, *weights)
+        if not self.normalize_gates:  # a renormalised single gate is 1
+            total = total * tf.reduce_max(probs)
+        for k in range(1, self.num_experts):
             total += (self._gathered_expert(tokens, chosen + k, *weights) *
                       tf.gather(twice(gates), chosen + k))
         return tf.reshape(total, [1, positions, patches, dim])
