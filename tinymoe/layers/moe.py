@@ -38,16 +38,15 @@ from tinymoe.backend import keras, register, tf
 from tinymoe.layers.activations import check_activation, get_activation
 from tinymoe.layers.building import ScopedBuildMixin
 from tinymoe.layers.int8 import activation_points, int8_activation
+from tinymoe.layers.moe_checks import (  # noqa: F401 (part of this module's interface)
+    DISPATCH_MODES, ROUTING_MODES, validate_dispatch, validate_moe_args, validate_superclasses)
 from tinymoe.layers.routing_ops import (
     dispatch_slots, expert_capacity, load_balancing_loss, top_k_mask)
 
-ROUTING_MODES = ("patch", "token", "image")
 # The weights of the experts, each ``[E, ...]``: one expert is a dense feed-forward's weights
 # (:func:`tinymoe.layers.feedforward.feedforward_weights`).
 EXPERT_WEIGHTS = ("expert_kernel_in", "expert_bias_in", "expert_kernel_out", "expert_bias_out")
 
-
-DISPATCH_MODES = ("masked", "sparse")
 
 
 @register
@@ -415,59 +414,6 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
                 "normalize_gates": self.normalize_gates, "superclasses": self.superclasses,
                 "superclass_loss_weight": self.superclass_loss_weight,
                 "expert_dropout": self.expert_dropout}
-
-
-def validate_moe_args(num_experts, top_k, routing, hidden_dim=1, modes=ROUTING_MODES):
-    """Raises a ValueError naming the bad value in a mixture-of-experts configuration.
-
-    ``modes``: the routings allowed (a model configuration also allows "auto").
-
-    Example:
-        >>> validate_moe_args(num_experts=4, top_k=5, routing="patch")  # ValueError
-    """
-    if int(num_experts) < 1:
-        raise ValueError(f"num_experts must be at least 1, got {num_experts}.")
-    if not 1 <= int(top_k) <= int(num_experts):
-        raise ValueError(f"top_k must be between 1 and num_experts={num_experts}, got {top_k}.")
-    if routing not in modes:
-        raise ValueError(f"routing must be one of {modes}, got {routing!r}.")
-    if int(hidden_dim) < 1:
-        raise ValueError(f"hidden_dim must be at least 1, got {hidden_dim}.")
-
-
-def validate_superclasses(superclasses, num_experts, routing):
-    """``superclasses`` as a list of ints (or None), or a ValueError naming what is wrong.
-
-    Example:
-        >>> validate_superclasses([0, 1, 1], num_experts=2, routing="image")
-        [0, 1, 1]
-    """
-    if superclasses is None:
-        return None
-    values = [int(v) for v in superclasses]
-    if routing != "image":
-        raise ValueError(f"Super-classes supervise a per-image router; this layer routes per "
-                         f"{routing}.")
-    if not values or min(values) < 0 or max(values) >= int(num_experts):
-        raise ValueError(f"superclasses must give each class an expert in [0, {num_experts}),"
-                         f" got {values}.")
-    return values
-
-
-def validate_dispatch(dispatch, capacity_factor, top_k, num_experts):
-    """Raises a ValueError naming the bad value of a dispatch configuration.
-
-    Example:
-        >>> validate_dispatch("sparse", 1.25, top_k=2, num_experts=4)  # ValueError
-    """
-    if dispatch not in DISPATCH_MODES:
-        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}.")
-    if dispatch == "sparse" and int(top_k) != 1:
-        raise ValueError(f"Sparse dispatch routes each patch to one expert (top_k=1); this "
-                         f"layer has top_k={top_k}. Use dispatch='masked'.")
-    if float(capacity_factor) * int(num_experts) < 1.0:
-        raise ValueError(f"capacity_factor must be at least 1/num_experts, got "
-                         f"{capacity_factor}.")
 
 
 def _pointwise(x, kernel):
