@@ -278,27 +278,23 @@ class MoEFeedForward(ScopedBuildMixin, keras.layers.Layer):
         chosen = tf.argmax(probs[0], axis=-1, output_type=tf.int32)  # ties: lower index
         tokens = tf.reshape(x, [positions * patches, dim])
         twice = lambda w: tf.concat([w, w], axis=0)  # noqa: E731
-        weights = [twice(w) for w in (self.expert_kernel_in, self.expert_bias_in,
-                                      self.expert_kernel_out, self.expert_bias_out)]
+        weights = [twice(getattr(self, name)) for name in EXPERT_WEIGHTS]
         # The chosen expert under its gate as the gather form scales it, then the others
         # under theirs (all 0 at top-1).
-        total = self._gathered_expert(tokens, chosen, *weights)
+        total = self._gathered_expert(tokens, chosen, weights)
         if not self.normalize_gates:  # a renormalised single gate is 1
             total = total * tf.reduce_max(probs)
         for k in range(1, self.num_experts):
-            total += (self._gathered_expert(tokens, chosen + k, *weights) *
+            total += (self._gathered_expert(tokens, chosen + k, weights) *
                       tf.gather(twice(gates), chosen + k))
         return tf.reshape(total, [1, positions, patches, dim])
 
-    def _gathered_expert(self, tokens, expert, kernel_in=None, bias_in=None, kernel_out=None,
-                         bias_out=None):
+    def _gathered_expert(self, tokens, expert, weights=None):
         """Expert ``expert`` (a scalar int32 tensor) on ``tokens`` ``[n, d]``, its weights
-        gathered from the stacked ones (default: the layer's) as FULLY_CONNECTED holds them,
-        ``[out, in]``."""
-        if kernel_in is None:
-            kernel_in, bias_in, kernel_out, bias_out = (
-                self.expert_kernel_in, self.expert_bias_in, self.expert_kernel_out,
-                self.expert_bias_out)
+        gathered from the stacked ones (``weights``, as :data:`EXPERT_WEIGHTS` orders them;
+        default: the layer's) as FULLY_CONNECTED holds them, ``[out, in]``."""
+        kernel_in, bias_in, kernel_out, bias_out = weights or [
+            getattr(self, name) for name in EXPERT_WEIGHTS]
         hidden = (tf.matmul(tokens, tf.gather(tf.transpose(kernel_in, [0, 2, 1]), expert),
                             transpose_b=True) + tf.gather(bias_in, expert))
         if self._act is not None:
