@@ -93,7 +93,7 @@ def cnn_peer(num_classes, size, alpha):
 def int8_columns(model, data, args):
     """Post-training int8 in TFLite Micro on the test split; Cortex-M3 arena and flash."""
     from tinymoe.export import strip_for_device, to_tflite
-    from tinymoe.export.device import measure_on_device
+    from tinymoe.export.firmware_app import measure_on_device
     from tinymoe.models import has_experts, with_dispatch
     from tinymoe.pipeline import evaluate_tflite
 

@@ -24,7 +24,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from tinymoe.export import quantize, to_tflite
 from tinymoe.export.runtime import _scale_zero_point
-from tinymoe.export.device import run_firmware
+from tinymoe.export.firmware_app import run_firmware
 from tinymoe.models import create_model, has_experts, with_dispatch
 
 

@@ -23,7 +23,7 @@ from common import run_meta, write_results
 from tinymoe.data import load_dataset
 from tinymoe.export import strip_for_device, tflm_invoke, to_tflite
 from tinymoe.export.compress import lut_compress
-from tinymoe.export.device import run_firmware
+from tinymoe.export.firmware_app import run_firmware
 from tinymoe.models import has_experts, with_dispatch
 from tinymoe.pipeline import evaluate_tflite, load_model
 

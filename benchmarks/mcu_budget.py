@@ -35,7 +35,7 @@ from common import run_meta, write_results
 
 from tinymoe.data import load_dataset
 from tinymoe.export import report, tflm_invoke, to_tflite
-from tinymoe.export.device import run_firmware
+from tinymoe.export.firmware_app import run_firmware
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.pipeline import evaluate, evaluate_tflite, load_model, optimize_run
 

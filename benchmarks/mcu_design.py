@@ -19,7 +19,7 @@ import numpy as np
 from common import run_meta, write_results
 
 from tinymoe.export import to_tflite
-from tinymoe.export.device import measure_on_device
+from tinymoe.export.firmware_app import measure_on_device
 from tinymoe.models import MobileViTV2Config, MoEConfig, build_mobilevit_v2, get_config
 from tinymoe.models import with_dispatch
 from tinymoe.models.mobilevit_v2 import StageConfig as S

@@ -29,8 +29,9 @@ from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
 
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
-from tinymoe.export.device import measure_on_device, milliseconds_at
-from tinymoe.export.firmware import model_facts
+from tinymoe.export import model_facts
+from tinymoe.export.firmware_app import measure_on_device
+from tinymoe.export.report import milliseconds_at
 from tinymoe.models import (MCU_SPEED_LAYOUT, create_model, has_experts,
                             settle_batch_norms, with_dispatch)
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from tinymoe.diagnosis import paired_difference
 from tinymoe.export import op_table, to_tflite, tflm_invoke
-from tinymoe.export.device import run_firmware
+from tinymoe.export.firmware_app import run_firmware
 from tinymoe.models import has_experts, moe_layers, with_dispatch
 from tinymoe.pipeline import load_model
 
@@ -183,7 +183,7 @@ def main():
     parser.add_argument("--out", required=True, help="results path without extension")
     args = parser.parse_args()
     if args.device_images:  # before minutes of evaluation, not after
-        from tinymoe.export.device import missing_requirements
+        from tinymoe.export.firmware_app import missing_requirements
 
         missing = missing_requirements("cortex-m7")
         if missing:

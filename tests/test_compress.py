@@ -7,7 +7,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tinymoe.backend import keras
 from tinymoe.export import tflm_invoke, to_tflite
 from tinymoe.export.compress import bin_channels, lut_compress
-from tinymoe.export.firmware import model_facts
+from tinymoe.export import model_facts
 from tinymoe.layers import ConvBNAct, MoEFeedForward
 
 SIZE = 16

@@ -11,7 +11,7 @@ from tinymoe.backend import keras, tf
 from tinymoe.cli import main
 from tinymoe.export import (ArenaError, TflmUnsupportedError, check_tflm, op_table, report,
                             strip_for_device, tflm_invoke, to_tflite, write_firmware)
-from tinymoe.export.firmware import FILES, resolver_method
+from tinymoe.export.firmware_files import FILES, resolver_method
 from tinymoe.layers import ConvBNAct, MoEFeedForward
 from tinymoe.profile import count_macs
 

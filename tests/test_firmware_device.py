@@ -21,7 +21,7 @@ from conftest import synthetic_images
 from tinymoe.backend import keras
 from tinymoe.cli import main
 from tinymoe.export import op_names, strip_for_device, tflm_invoke, to_tflite
-from tinymoe.export.device import (_make, firmware_dir, missing_requirements, run_firmware,
+from tinymoe.export.firmware_app import (_make, firmware_dir, missing_requirements, run_firmware,
                                    tflm_paths)
 from tinymoe.export.runtime import _scale_zero_point
 from tinymoe.layers import ConvBNAct
@@ -276,7 +276,7 @@ def test_the_mcu_model_fits_the_budget_and_the_speed_target_on_cortex_m7():
     QEMU counts instructions exactly (-icount), so this is a count, not a timing; it depends
     on the shapes, not on the weights (107.0 M, untrained or trained)."""
     _require("cortex-m7")
-    from tinymoe.export.device import measure_on_device
+    from tinymoe.export.firmware_app import measure_on_device
     from tinymoe.models import settle_batch_norms
     keras.utils.set_random_seed(0)
     images = np.round(np.random.default_rng(4).uniform(0, 255, (8, 128, 128, 3)))

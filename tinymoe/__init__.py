@@ -1,6 +1,6 @@
 """tinymoe: MobileViTv2 with mixtures of experts, trained in Keras, run on microcontrollers."""
 
-__version__ = "0.1.0"
+from tinymoe._version import __version__  # noqa: F401
 
 from tinymoe.backend import keras, tf  # noqa: F401,E402  (sets TF_USE_LEGACY_KERAS first)
 from tinymoe import export, layers, models, optimize  # noqa: E402

@@ -10,22 +10,8 @@ import numpy as np
 from tinymoe.data import (IMAGE_EXTENSIONS, SPLITS, ImageData, decode_images, load_dataset,
                           read_labels)
 from tinymoe.evaluation import accuracy_report, keras_logits, plot_confusion, tflite_logits
+from tinymoe.export.tflite_file import read_tflite
 from tinymoe.files import atomic_path, write_json
-
-
-def read_tflite(path):
-    """The bytes of a ``.tflite`` file, checked to be a TFLite flatbuffer.
-
-    Example:
-        >>> tflite_bytes = read_tflite("runs/opt/model.tflite")
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"Model file {path!r} does not exist.")
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if data[4:8] != b"TFL3":
-        raise ValueError(f"{path!r} is not a .tflite flatbuffer.")
-    return data
 
 
 @dataclasses.dataclass
@@ -80,7 +66,7 @@ def load_classifier(path, labels_file=None):
         ['0', '1', '2']
     """
     if path.endswith(".tflite"):
-        from tinymoe.export.firmware import model_facts
+        from tinymoe.export.tflite_file import model_facts
 
         model = read_tflite(path)
         inputs, outputs, _ = model_facts(model)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 
-_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_child.py")
+TFLM_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm_child.py")
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)'")
 
 
@@ -71,7 +71,7 @@ def check_tflm(tflite_bytes, arena_size=None, timeout=300):
             handle.write(bytes(tflite_bytes))
         try:
             result = subprocess.run(
-                [sys.executable, _CHILD, "check", path, str(int(arena_size or 0))],
+                [sys.executable, TFLM_CHILD, "check", path, str(int(arena_size or 0))],
                 capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return TflmCheck(False, (), f"TFLite Micro did not finish within {timeout} s.")

@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from tinymoe.export.check import _CHILD, check_tflm
+from tinymoe.export.check import TFLM_CHILD, check_tflm
 
 ARENA_NOTE = ("Arena measured by the TFLite Micro Python interpreter (host, 64-bit): an upper "
               "bound for a 32-bit MCU, where pointers and structs are smaller.")
@@ -77,7 +77,7 @@ def weight_bytes(tflite_bytes):
 
 
 def _run_child(args, timeout):
-    result = subprocess.run([sys.executable, _CHILD, *map(str, args)], capture_output=True,
+    result = subprocess.run([sys.executable, TFLM_CHILD, *map(str, args)], capture_output=True,
                             text=True, timeout=timeout, check=False)
     return result.stdout.split("\n")
 
@@ -200,7 +200,6 @@ def format_report(result, clock_mhz=216.0):
                          f"TFLite Micro and app {device['code_bytes']:,}")
     by_op = (device or {}).get("instructions_by_op") or {}
     if device and device.get("instructions") is not None:
-        from tinymoe.export.device import milliseconds_at
 
         total = device["instructions"]
         lines.append(f"  instructions per inference: {total:,} (counted under QEMU; "
@@ -221,3 +220,17 @@ def format_report(result, clock_mhz=216.0):
             line += f" {spent:>14,} instructions ({100 * spent / total:4.1f}%)"
         lines.append(line)
     return "\n".join(lines)
+
+
+def milliseconds_at(instructions, clock_mhz):
+    """Milliseconds ``instructions`` take at ``clock_mhz``, at one instruction per cycle.
+
+    A lower bound for a real part: QEMU counts instructions, not cycles (a Cortex-M7
+    issues up to two instructions per cycle, but flash wait states and cache misses cost
+    cycles that QEMU does not model).
+
+    Example:
+        >>> milliseconds_at(216_000_000, 216)
+        1000.0
+    """
+    return float(instructions) / (float(clock_mhz) * 1e3)

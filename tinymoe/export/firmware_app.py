@@ -7,7 +7,7 @@ The app is the one a board runs; here it reads the image from a file (semihostin
 and prints its raw int8 output, ``arena_used_bytes()`` and, on Cortex-M, the flash footprint
 and the instructions executed per inference and per op type. QEMU counts instructions
 exactly but models no cycles, caches or flash wait states: milliseconds derived from them
-(:func:`milliseconds_at`) assume one instruction per cycle.
+(:func:`tinymoe.export.report.milliseconds_at`) assume one instruction per cycle.
 The TFLM library is built once per machine from the pinned source tarball (see
 ``firmware_export/Makefile``: 10-20 minutes the first time on 2 cores, cached after).
 """
@@ -185,20 +185,6 @@ def _instructions(log):
     return total, dict(sorted(by_op.items(), key=lambda item: -item[1]["instructions"]))
 
 
-def milliseconds_at(instructions, clock_mhz):
-    """Milliseconds ``instructions`` take at ``clock_mhz``, at one instruction per cycle.
-
-    A lower bound for a real part: QEMU counts instructions, not cycles (a Cortex-M7
-    issues up to two instructions per cycle, but flash wait states and cache misses cost
-    cycles that QEMU does not model).
-
-    Example:
-        >>> milliseconds_at(216_000_000, 216)
-        1000.0
-    """
-    return float(instructions) / (float(clock_mhz) * 1e3)
-
-
 def _allocations(log):
     by_type = {name: int(used) for name, used in re.findall(
         r"\[RecordingMicroAllocator\] '(.*?)' used (\d+) bytes", log)}
@@ -230,7 +216,7 @@ def run_firmware(tflite_bytes, images, target="host", labels=None, arena_bytes=N
         >>> run = run_firmware(tflite_bytes, images[:2], target="cortex-m3")
         >>> run.arena_used_bytes, run.flash_bytes
     """
-    from tinymoe.export.firmware import write_firmware
+    from tinymoe.export.firmware_files import write_firmware
 
     target = _target(target)
     missing = missing_requirements(target)
@@ -315,7 +301,7 @@ def measure_on_device(tflite_bytes, target="cortex-m3", arena_bytes=None, breakd
         >>> measure_on_device(open("model.tflite", "rb").read())["arena_bytes"]
         206724
     """
-    from tinymoe.export.firmware import model_facts
+    from tinymoe.export.tflite_file import model_facts
 
     shape = [int(d) for d in model_facts(tflite_bytes)[0][0].shape]  # LUT-compressed too
     image = np.full(shape, 128, np.uint8)

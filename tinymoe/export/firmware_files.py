@@ -7,9 +7,10 @@ import re
 import shutil
 import tempfile
 
-from tinymoe import __version__
+from tinymoe._version import __version__
 from tinymoe.export.convert import strip_for_device
 from tinymoe.export.report import smallest_arena
+from tinymoe.export.tflite_file import model_facts
 
 FILES = ("model_data.h", "model_data.cc", "op_resolver.h", "model_settings.h", "labels.h",
          "labels.cc", "tensor_names.txt")
@@ -49,37 +50,6 @@ def _header(text, guard):
 
 def _tensor_params(tensor):
     return float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
-
-
-# Custom ops that TFLite Micro ships, by custom code -> the name resolver_method() takes.
-_CUSTOM_OPS = {"TFLM_DECODE": "DECODE"}
-
-
-def model_facts(tflite_bytes):
-    """Inputs, outputs (flatbuffer tensors) and sorted op names of a model, read from the
-    flatbuffer itself, so that models LiteRT cannot load (LUT-compressed with DECODE ops,
-    stripped) work too.
-
-    Example:
-        >>> inputs, outputs, ops = model_facts(tflite_bytes)
-        >>> list(inputs[0].shape), ops[:2]
-        ([1, 128, 128, 3], ['ADD', 'CONV_2D'])
-    """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
-    subgraph = model.subgraphs[0]
-    ops = set()
-    for op in subgraph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        custom = code.customCode.decode() if code.customCode else None
-        if custom is not None and custom not in _CUSTOM_OPS:
-            raise ValueError(f"The model uses the custom op {custom!r}, which TFLite Micro "
-                             "does not ship; the firmware cannot register it.")
-        ops.add(_CUSTOM_OPS[custom] if custom else
-                flatbuffer_utils.opcode_to_name(model, op.opcodeIndex))
-    return ([subgraph.tensors[i] for i in subgraph.inputs],
-            [subgraph.tensors[i] for i in subgraph.outputs], sorted(ops))
 
 
 def arena_with_margin(measured, margin=0.1):
