@@ -9,7 +9,7 @@ import warnings
 from tinymoe import commands
 
 # Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
-# of TFLite Micro (tinymoe.export.device).
+# of TFLite Micro (tinymoe.export.firmware_app).
 TARGETS = ("python", "host", "cortex-m3", "cortex-m7")
 
 
@@ -34,6 +34,31 @@ def _add_seed_arg(parser):
                         help="seed initialisation, shuffling, augmentation and dropout, and use "
                              "TensorFlow's deterministic kernels, so that two runs on one "
                              "machine give the same model (default: unseeded)")
+
+
+def _add_teacher_args(parser):
+    from tinymoe.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+
+    parser.add_argument("--teacher", metavar="TEACHER",
+                        help="distil from a frozen teacher that sees each augmented batch: a "
+                             ".keras classifier of the data's classes, a .tflite network "
+                             "(float, uint8 or int8; a linear head is fitted on its pooled "
+                             "features over the train split, chosen on val, unless a "
+                             "labels.txt of the data's classes lies beside it), or a "
+                             "registered model with its weights (e.g. "
+                             "mobilenet_v2_035:imagenet; a head is fitted likewise)")
+    parser.add_argument("--teacher-weight", type=float, default=DEFAULT_ALPHA,
+                        metavar="ALPHA",
+                        help="share of the loss on the teacher's outputs, the rest on the "
+                             f"labels (default: {DEFAULT_ALPHA})")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"softmax temperature of the distillation (default: "
+                             f"{DEFAULT_TEMPERATURE})")
+    parser.add_argument("--teacher-input-size", type=int, default=None, metavar="PIXELS",
+                        help="the side the teacher sees (default: its own input size)")
+    parser.add_argument("--teacher-tensor", default=None, metavar="NAME",
+                        help="a .tflite teacher's feature tensor, by name or index (default: "
+                             "the input of its last fully connected or 1x1 convolution)")
 
 
 def _capacity_factor(value):
@@ -94,11 +119,12 @@ def build_parser():
     train.add_argument("--model", default="mobilevit_v2_050",
                        help="registry name or .keras file (default: mobilevit_v2_050)")
     train.add_argument("--weights", default=None, metavar="NAME",
-                       help="start a registered model from the pretrained weights shipped "
-                            "with tinymoe: tinyimagenet ('tinymoe models' lists which models "
-                            "have them); the classifier is new. Then --learning-rate, "
-                            "--warmup-epochs and --label-smoothing default to the fine-tuning "
-                            "recipe (tinymoe.train.FINE_TUNE) (default: random weights)")
+                       help="start a registered model from pretrained weights: tinyimagenet "
+                            "(shipped with tinymoe; 'tinymoe models' lists which models have "
+                            "them) or imagenet (Keras Applications' CNNs, mobilenet_v2_*); the "
+                            "classifier is new. Then --learning-rate, --warmup-epochs, "
+                            "--weight-decay and --label-smoothing default to the fine-tuning "
+                            "recipe (tinymoe.train.recipe_for) (default: random weights)")
     _add_data_args(train)
     train.add_argument("--out", required=True, metavar="DIR", help="output folder")
     train.add_argument("--epochs", type=int, default=30)
@@ -115,7 +141,9 @@ def build_parser():
                             "--epochs with the learning rate where the schedule stood, "
                             "re-warmed over half an epoch (for a model upcycled from "
                             "epoch<N>.keras; keep the other settings of the first run)")
-    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="AdamW's decoupled weight decay (default 0.05; with --weights, "
+                            "the fine-tuning recipe's)")
     train.add_argument("--label-smoothing", type=float, default=None,
                        help="default 0.1; with --weights, the fine-tuning recipe's")
     train.add_argument("--augment", choices=("none", "default", "digits", "strong"),
@@ -141,6 +169,7 @@ def build_parser():
                             "global batch is batch-size x replicas and the peak learning rate "
                             "learning-rate x replicas (linear scaling); summary.json records "
                             "both (default: none, one device)")
+    _add_teacher_args(train)
     _add_seed_arg(train)
     train.set_defaults(run=commands.run_train)
 
@@ -231,6 +260,7 @@ def build_parser():
                           help="MoE inference form in model.tflite (default: sparse)")
     optimize.add_argument("--capacity-factor", type=_capacity_factor, default="auto",
                           help=CAPACITY_HELP)
+    _add_teacher_args(optimize)
     _add_seed_arg(optimize)
     optimize.set_defaults(run=commands.run_optimize)
 
@@ -385,7 +415,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     levels = _show_tensorflow_logs(argv) if verbose else {}
-    from tinymoe.export.device import FirmwareError
+    from tinymoe.export.firmware_app import FirmwareError
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"tinymoe {args.command}: warning: {message}", file=sys.stderr)

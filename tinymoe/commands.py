@@ -72,6 +72,20 @@ def keras_verbosity(stream=None):
         return 2
 
 
+def _distillation(args, data):
+    """The :class:`tinymoe.distill.Distillation` that ``--teacher`` asks for, or None."""
+    if not args.teacher:
+        return None
+    from tinymoe.distill import Distillation, load_teacher
+
+    teacher = load_teacher(args.teacher, data, input_size=args.teacher_input_size,
+                           tensor=args.teacher_tensor)
+    if teacher.head is not None:
+        print(f"Teacher head fitted on the train split: val top-1 "
+              f"{teacher.head.val_top1:.3f} (C = {teacher.head.c})", flush=True)
+    return Distillation(teacher, alpha=args.teacher_weight, temperature=args.temperature)
+
+
 def run_train(args):
     """Trains a model (``tinymoe train``) and prints its summary.
 
@@ -81,27 +95,27 @@ def run_train(args):
     """
     from tinymoe.data import load_dataset
     from tinymoe.pipeline import distribution_strategy, train_run
-    from tinymoe.train import FINE_TUNE, TrainConfig
+    from tinymoe.train import TrainConfig, recipe_for
 
     # First: a multi-worker strategy must exist before TensorFlow does any other work.
     strategy = distribution_strategy(args.distribute)
     _repeatable(args.seed)
     if args.weights is not None:  # refused before the data loads, naming what there is
-        from tinymoe.weights import check_weights_input, weights_card
+        from tinymoe.models import check_weights
 
-        check_weights_input(weights_card(args.model, args.weights),
-                          (args.input_size, args.input_size, 3))
-    recipe = FINE_TUNE if args.weights is not None else TrainConfig()
+        check_weights(args.model, args.weights, (args.input_size, args.input_size, 3))
+    recipe = recipe_for(args.model, args.weights)
     chosen = {key: getattr(recipe, key) if getattr(args, key) is None else getattr(args, key)
-              for key in ("learning_rate", "warmup_epochs", "label_smoothing")}
+              for key in ("learning_rate", "warmup_epochs", "label_smoothing", "weight_decay")}
     data = load_dataset(args.data, args.input_size)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         weight_decay=args.weight_decay, initial_epoch=args.initial_epoch,
+                         initial_epoch=args.initial_epoch,
                          save_epochs=tuple(args.save_epochs), **chosen)
     _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
                            verbose=keras_verbosity(), train_dispatch=args.train_dispatch,
                            capacity_factor=args.capacity_factor, distribute=strategy,
-                           weights=args.weights, seed=args.seed)
+                           weights=args.weights, seed=args.seed,
+                           distillation=_distillation(args, data))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -163,7 +177,8 @@ def run_optimize(args):
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               augment=_augment(args.augment), prune_router=args.prune_router,
                               dispatch=args.dispatch, capacity_factor=args.capacity_factor,
-                              verbose=keras_verbosity(), seed=args.seed)
+                              verbose=keras_verbosity(), seed=args.seed,
+                              distillation=_distillation(args, data))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -176,7 +191,7 @@ def _measure(tflite_bytes, args, device_bytes=None):
     measured on it).
     """
     from tinymoe.export import ArenaError, report, smallest_arena
-    from tinymoe.export.device import measure_on_device
+    from tinymoe.export.firmware_app import measure_on_device
     from tinymoe.export.report import ARENA_NOTE
 
     if device_bytes is None and args.target == "python":
@@ -201,7 +216,7 @@ def run_report(args):
         >>> run_report(build_parser().parse_args(["report", "model.tflite"]))
         0
     """
-    from tinymoe.classifier import read_tflite
+    from tinymoe.export import read_tflite
     from tinymoe.export import format_report
 
     result = _measure(read_tflite(args.model), args)
@@ -253,7 +268,7 @@ def run_export(args):
             tflite_bytes = to_tflite(model, x_train[:200])
         labels = data.class_names
     else:
-        from tinymoe.classifier import read_tflite
+        from tinymoe.export import read_tflite
 
         tflite_bytes = read_tflite(args.model)
         if args.dispatch_given:

@@ -61,7 +61,8 @@ def _model_to_train(model, data, weights=None):
 
 
 def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispatch=None,
-              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None, weights=None, seed=None):
+              capacity_factor=CAPACITY_AWARE_FACTOR, distribute=None, weights=None, seed=None,
+              distillation=None):
     """Trains ``model`` (a registry name, a ``.keras`` path or a model) on ``data``.
 
     Writes ``best.keras`` (best validation accuracy), ``labels.txt``, ``log.csv`` and
@@ -88,6 +89,10 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
 
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
+
+    ``distillation`` (:class:`tinymoe.distill.Distillation`) adds a teacher's outputs on each
+    augmented batch to the labels (see :func:`tinymoe.distill.load_teacher`); the summary
+    records the teacher, its weight and temperature.
 
     Returns:
         (best model, summary dict: params, macs, val_accuracy, images_per_second, replicas,
@@ -118,7 +123,8 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         start = time.time()
         # A multi-worker run's other workers train in step with the chief but write
         # nothing of their own: their checkpoints and logs go to a scratch folder.
-        history = fit(model, train, val, config, out_dir if chief else scratch, verbose)
+        history = fit(model, train, val, config, out_dir if chief else scratch, verbose,
+                      distillation=distillation)
         seconds = time.time() - start
     if not chief:
         return model, {"model": model.name, "chief": False, "replicas": replicas,
@@ -132,6 +138,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         "model": model.name,
         "weights": weights,
         "seed": seed,
+        "distillation": distillation.describe() if distillation is not None else None,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
         "replicas": replicas,
@@ -315,7 +322,7 @@ def calibrate_moe_capacity(model, calibration, x_val, x_train, progress=True):
 def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=2,
                  batch_size=32, learning_rate=2e-4, augment=None, prune_router=False,
                  calibration_images=200, dispatch="sparse", capacity_factor="auto", verbose=1,
-                 seed=None, callbacks=()):
+                 seed=None, callbacks=(), distillation=None):
     """Prune (optional), quantisation-aware training (optional), int8 conversion, checks.
 
     The float model -> magnitude pruning to ``sparsity`` over ``prune_epochs`` (skipped at
@@ -333,7 +340,8 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
     ``summary.json``. QAT backs up after every epoch into ``out_dir/qat_backup``: a run
     stopped during QAT, started again with the same arguments, goes on from the last
     finished epoch (after pruning, from ``pruned.keras``). ``callbacks`` are added to the
-    QAT fit.
+    QAT fit; ``distillation`` (:class:`tinymoe.distill.Distillation`) lets a teacher join
+    the labels in the pruning and QAT epochs.
 
     Returns:
         (tflite bytes, summary dict).
@@ -360,7 +368,8 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
                          augment=augment, seed=int(seed or 0))
     steps = int(train.cardinality().numpy())
     summary = {"float_top1": evaluate(model, x_val, y_val, data.num_classes),
-               "sparsity_target": float(sparsity), "prune_epochs": 0, "qat_epochs": 0}
+               "sparsity_target": float(sparsity), "prune_epochs": 0, "qat_epochs": 0,
+               "distillation": distillation.describe() if distillation is not None else None}
     start = time.time()
     resuming_qat = qat_epochs > 0 and any(
         files for _, _, files in os.walk(os.path.join(out_dir, QAT_BACKUP)))  # emptied at the end
@@ -374,7 +383,8 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
                        frequency=max(1, steps // 4), prune_router=prune_router)
         config = TrainConfig(epochs=prune_epochs, batch_size=batch_size,
                              learning_rate=learning_rate, warmup_epochs=0)
-        fit(pruned, train, None, config, verbose=verbose, callbacks=pruning_callbacks())
+        fit(pruned, train, None, config, verbose=verbose, callbacks=pruning_callbacks(),
+            distillation=distillation)
         model = strip_pruning(pruned)
         with atomic_path(os.path.join(out_dir, "pruned.keras")) as tmp:
             model.save(tmp)
@@ -389,7 +399,8 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         # as a TensorFlow checkpoint after every epoch instead, and a run started again
         # with the same out_dir resumes from the last finished epoch.
         backup = keras.callbacks.BackupAndRestore(os.path.join(out_dir, QAT_BACKUP))
-        fit(qat, train, None, config, verbose=verbose, callbacks=[backup, *callbacks])
+        fit(qat, train, None, config, verbose=verbose, callbacks=[backup, *callbacks],
+            distillation=distillation)
         model = strip_quantization(qat)
         summary["qat_epochs"] = qat_epochs
     with atomic_path(os.path.join(out_dir, "optimized.keras")) as tmp:

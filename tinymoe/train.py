@@ -72,6 +72,27 @@ class TrainConfig:
 FINE_TUNE = TrainConfig(learning_rate=2e-3, warmup_epochs=2.0, label_smoothing=0.1)
 
 
+# The fine-tuning recipe for Keras Applications' CNNs from their ImageNet weights
+# (``create_model("mobilenet_v2_035", weights="imagenet")``): a lower peak than FINE_TUNE, one
+# warm-up epoch and a light weight decay, as the peer's recipe in ../shared/docs/TEACHERS.md
+# (AdamW 5e-4, one warm-up epoch, cosine, weight decay 0.01), without its head-only epochs.
+IMAGENET_FINE_TUNE = TrainConfig(learning_rate=5e-4, warmup_epochs=1.0, weight_decay=0.01,
+                                 label_smoothing=0.1)
+
+
+def recipe_for(model, weights=None):
+    """The default recipe of ``tinymoe train``: :data:`IMAGENET_FINE_TUNE` for ImageNet
+    weights, :data:`FINE_TUNE` for other pretrained weights, else ``TrainConfig()``.
+
+    Example:
+        >>> recipe_for("mobilenet_v2_035", "imagenet").learning_rate
+        0.0005
+    """
+    if weights == "imagenet":
+        return IMAGENET_FINE_TUNE
+    return FINE_TUNE if weights is not None else TrainConfig()
+
+
 def stream_seed(seed, initial_epoch=0):
     """The seed of a run's data stream: its shuffle order and augmentation draws.
 
@@ -145,12 +166,14 @@ def learning_rate_schedule(config, steps_per_epoch):
         warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
 
 
-def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
+def compile_for_training(model, config, steps_per_epoch, run_eagerly=False, distillation=None):
     """Compiles ``model`` with the recipe: AdamW, the schedule, smoothed cross-entropy.
 
     Labels are one-hot (as :func:`tinymoe.augment.make_dataset` yields them); the model
     returns logits. A mixture of experts adds its load-balancing loss itself; per-image
-    routers with super-classes get their loss from :func:`supervise_routers`.
+    routers with super-classes get their loss from :func:`supervise_routers`; with a
+    ``distillation`` (:class:`tinymoe.distill.Distillation`), a teacher's outputs on each
+    augmented batch join the labels (:func:`install_train_step`).
 
     Example:
         >>> compile_for_training(model, TrainConfig(), steps_per_epoch=111)
@@ -166,7 +189,7 @@ def compile_for_training(model, config, steps_per_epoch, run_eagerly=False):
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         run_eagerly=run_eagerly, jit_compile=bool(config.jit_compile) and not run_eagerly)
-    supervise_routers(model)
+    install_train_step(model, distillation)
     return model
 
 
@@ -185,34 +208,80 @@ def supervise_routers(model):
         >>> supervise_routers(model)
         >>> model.fit(train)  # logs loss, accuracy and router_loss
     """
+    return install_train_step(model)
+
+
+def _supervised_routers(model):
     from tinymoe.models import moe_layers
 
-    layers = [layer for layer in moe_layers(model).values()
-              if layer.superclasses is not None and layer.superclass_loss_weight > 0]
-    if not layers:
+    return [layer for layer in moe_layers(model).values()
+            if layer.superclasses is not None and layer.superclass_loss_weight > 0]
+
+
+def install_train_step(model, distillation=None):
+    """Installs, on this model object (nothing is saved with it), the training step that adds
+    to Keras' loss what the compiled loss cannot see: the super-class loss of per-image
+    routers (see :func:`supervise_routers`) and, with a ``distillation``, the teacher's term.
+
+    With a teacher, the step's loss is ``(1 - alpha) x`` the compiled loss on the labels +
+    ``alpha x`` :meth:`tinymoe.distill.Distillation.loss` on the same augmented images (the
+    teacher is frozen and sees exactly the student's input) + the model's own losses, and
+    the logs gain ``distill_loss``. Without either, the model keeps Keras' own step.
+
+    Returns:
+        the supervised router layers (a list, empty if none).
+
+    Example:
+        >>> model.compile(...)
+        >>> install_train_step(model, Distillation(teacher, alpha=0.5))
+    """
+    layers = _supervised_routers(model)
+    if not layers and distillation is None:
         return []
     tables = [tf.constant(layer.superclasses, tf.int32) for layer in layers]
-    tracker = keras.metrics.Mean(name="router_loss")
+    trackers = {}
+    if layers:
+        trackers["router_loss"] = keras.metrics.Mean(name="router_loss")
+    if distillation is not None:
+        trackers["distill_loss"] = keras.metrics.Mean(name="distill_loss")
+        alpha = float(distillation.alpha)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        label = tf.argmax(y, axis=-1, output_type=tf.int32)  # one-hot (or mixed) labels
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        values = {}
+        if distillation is not None:
+            teacher_logits = tf.stop_gradient(distillation.teacher.logits(x))
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, sample_weight)
-            router_losses = [tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                tf.gather(table, label), layer.last_router_probs))
-                for layer, table in zip(layers, tables)]
-            loss += tf.add_n([layer.superclass_loss_weight * value
-                              for layer, value in zip(layers, router_losses)])
+            if distillation is None:
+                loss = self.compute_loss(x, y, y_pred, sample_weight)
+            else:  # the labels' share, the teacher's share, then the model's own losses
+                loss = (1.0 - alpha) * self.compiled_loss(y, y_pred, sample_weight,
+                                                          regularization_losses=[])
+                values["distill_loss"] = tf.reduce_mean(
+                    distillation.loss(teacher_logits, y_pred))
+                loss += alpha * values["distill_loss"] / tf.cast(replicas, tf.float32)
+                if self.losses:  # scaled per replica as Keras scales them
+                    loss += tf.add_n(self.losses) / tf.cast(replicas, tf.float32)
+            if layers:
+                label = tf.argmax(y, axis=-1, output_type=tf.int32)  # one-hot (or mixed)
+                router_losses = [tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                    tf.gather(table, label), layer.last_router_probs))
+                    for layer, table in zip(layers, tables)]
+                loss += tf.add_n([layer.superclass_loss_weight * value
+                                  for layer, value in zip(layers, router_losses)])
+                values["router_loss"] = tf.add_n(router_losses) / len(layers)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        tracker.update_state(tf.add_n(router_losses) / len(layers))
+        for key, value in values.items():
+            trackers[key].update_state(value)
         logs = self.compute_metrics(x, y, y_pred, sample_weight)
-        return {**logs, "router_loss": tracker.result()}
+        return {**logs, **{key: tracker.result() for key, tracker in trackers.items()}}
 
     def reset_metrics(self):
         type(self).reset_metrics(self)
-        tracker.reset_state()
+        for tracker in trackers.values():
+            tracker.reset_state()
 
     model.train_step = types.MethodType(train_step, model)
     model.reset_metrics = types.MethodType(reset_metrics, model)
@@ -266,7 +335,7 @@ def training_callbacks(out_dir, monitor="val_accuracy", save_epochs=()):
 
 
 def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerly=False,
-        callbacks=()):
+        callbacks=(), distillation=None):
     """Compiles ``model`` with the recipe and trains it with Keras fit.
 
     Args:
@@ -278,6 +347,7 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
         verbose: Keras progress bars (1), one line per epoch (2) or silence (0).
         run_eagerly: skip graph tracing (faster for one or two tiny steps, slower after).
         callbacks: more Keras callbacks (e.g. :func:`tinymoe.optimize.pruning_callbacks`).
+        distillation: a :class:`tinymoe.distill.Distillation`: a teacher joins the labels.
 
     Returns:
         the Keras ``History``.
@@ -288,7 +358,7 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     steps = train_data.cardinality().numpy()
     if steps <= 0:
         raise ValueError("The training dataset is empty or of unknown length.")
-    compile_for_training(model, config, int(steps), run_eagerly)
+    compile_for_training(model, config, int(steps), run_eagerly, distillation)
     callbacks = list(callbacks)
     if out_dir is not None:
         monitor = "val_accuracy" if val_data is not None else "accuracy"

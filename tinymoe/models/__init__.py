@@ -6,6 +6,7 @@ import difflib
 from tinymoe.models.mobilevit_v2 import (
     MobileViTV2Config, MoEConfig, StageConfig, build_mobilevit_v2, check_input_shape)
 from tinymoe.models.batch_norms import settle_batch_norms
+from tinymoe.models.cnn import CNNConfig, build_cnn, check_cnn_weights
 from tinymoe.models.dispatch import has_experts, moe_layers, with_dispatch
 from tinymoe.models.tracing import read_routing, trace
 
@@ -13,7 +14,8 @@ _REGISTRY = {}
 
 
 def register_model(name, config):
-    """Adds a named variant (a :class:`MobileViTV2Config`) to the registry.
+    """Adds a named variant (a :class:`MobileViTV2Config`, or a :class:`CNNConfig` for a
+    Keras Applications CNN) to the registry.
 
     Example:
         >>> register_model("mobilevit_v2_moe8_050", MobileViTV2Config(
@@ -36,7 +38,7 @@ def list_models():
 
 
 def get_config(name):
-    """The :class:`MobileViTV2Config` registered as ``name``.
+    """The :class:`MobileViTV2Config` (or :class:`CNNConfig`) registered as ``name``.
 
     Example:
         >>> get_config("mobilevit_v2_moe_050").moe.num_experts
@@ -60,8 +62,10 @@ def create_model(name, num_classes=1000, input_shape=(256, 256, 3), weights=None
         weights: None (random initialisation) or the name of weights shipped with tinymoe
             (``"tinyimagenet"``: pretrained on Tiny ImageNet-200; see
             :func:`tinymoe.weights.available_weights` and the card,
-            :func:`tinymoe.weights.weights_card`). Every layer but the classifier is loaded;
-            the classifier is new, for ``num_classes``.
+            :func:`tinymoe.weights.weights_card`); for the Keras Applications CNNs
+            (``mobilenet_v2_035``, ...) ``"imagenet"`` (Keras' file, see
+            :mod:`tinymoe.models.cnn`). Every layer but the classifier is loaded; the
+            classifier is new, for ``num_classes``.
         **overrides: fields of :class:`MobileViTV2Config` to change, e.g.
             ``moe=MoEConfig(num_experts=8)`` or ``dropout=0.0`` (with ``weights``, only
             those that leave the weights' shapes as they are).
@@ -78,6 +82,10 @@ def create_model(name, num_classes=1000, input_shape=(256, 256, 3), weights=None
         ...                      input_shape=(128, 128, 3), weights="tinyimagenet")
     """
     config = get_config(name)
+    if isinstance(config, CNNConfig):
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        return build_cnn(config, num_classes, input_shape, name=name, weights=weights)
     card = None
     if weights is not None:
         from tinymoe import weights as shipped
@@ -139,7 +147,30 @@ register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
 register_model("mobilevit_v2_mcu_wide_moe", dataclasses.replace(
     get_config("mobilevit_v2_mcu_wide"), moe=MoEConfig(layers=((4, -1),))))
 
-__all__ = ["MoEConfig", "MobileViTV2Config", "StageConfig", "build_mobilevit_v2",
-           "check_input_shape", "create_model", "get_config", "has_experts", "list_models",
-           "moe_layers", "read_routing", "register_model", "settle_batch_norms", "trace",
+def check_weights(name, weights, input_shape):
+    """Refuses, before any data is read, ``weights`` that the registered model ``name`` does
+    not have or that cannot take ``input_shape``.
+
+    Example:
+        >>> check_weights("mobilevit_v2_mcu", "tinyimagenet", (128, 128, 3))
+    """
+    config = get_config(name)
+    if isinstance(config, CNNConfig):
+        return check_cnn_weights(config, name, weights)
+    from tinymoe.weights import check_weights_input, weights_card
+
+    check_weights_input(weights_card(name, weights), input_shape)
+
+
+# Keras Applications' CNNs: MobileNetV2 at every width with ImageNet weights (0.35 is Edge
+# Impulse's and Teachable Machine's default image model), MobileNetV3-Small minimalistic.
+for _alpha in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+    register_model(f"mobilenet_v2_{round(_alpha * 100):03d}", CNNConfig("mobilenet_v2", _alpha))
+for _alpha in (0.7, 0.75, 1.0):
+    register_model(f"mobilenet_v3_small_{round(_alpha * 100):03d}",
+                   CNNConfig("mobilenet_v3_small", _alpha))
+
+__all__ = ["CNNConfig", "MoEConfig", "MobileViTV2Config", "StageConfig", "build_cnn",
+           "build_mobilevit_v2", "check_input_shape", "check_weights", "create_model",
+           "get_config", "has_experts", "list_models", "moe_layers", "read_routing", "register_model", "settle_batch_norms", "trace",
            "with_dispatch"]
