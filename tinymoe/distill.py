@@ -11,6 +11,8 @@ where ``_T`` are the softmaxes at temperature ``T`` (Hinton et al., arXiv 1503.0
 consistent, patient teacher of Beyer et al., arXiv 2106.05237).
 
 A teacher is any of:
+- stored views (``.npz``, :mod:`tinymoe.teacher_views`): the teacher's logits computed once
+  on every augmented view of a schedule, so that students train at no teacher cost;
 - a ``.keras`` classifier of the data's classes (a ``labels.txt`` beside it, if any, must
   name them);
 - a registered model name with its weights (``"mobilenet_v2_035:imagenet"``), or a
@@ -312,6 +314,16 @@ def load_teacher(spec, data, input_size=None, tensor=None, fit_head=None, progre
     """
     spec = str(spec)
     labels_path = os.path.join(os.path.dirname(spec), "labels.txt")
+    if spec.endswith(".npz"):
+        from tinymoe.teacher_views import load_views
+
+        views = load_views(spec)
+        x_train, _ = data.split("train")
+        if views.num_images != len(x_train) or views.logits.shape[-1] != data.num_classes:
+            raise ValueError(f"The stored teacher views {spec} are for {views.num_images} "
+                             f"training images and {views.logits.shape[-1]} classes; the data "
+                             f"has {len(x_train)} and {data.num_classes}.")
+        return views
     if spec.endswith(".keras"):
         from tinymoe.pipeline import load_model
 

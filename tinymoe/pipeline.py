@@ -15,6 +15,7 @@ from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also us
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
+from tinymoe.teacher_views import TeacherViews, views_dataset
 from tinymoe.train import TrainConfig, fit, stream_seed
 
 
@@ -111,8 +112,14 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         keras.utils.set_random_seed(data_seed)
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
-    train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
-                         training=True, augment=augment, seed=data_seed)
+    steps_per_epoch = None
+    if distillation is not None and isinstance(distillation.teacher, TeacherViews):
+        # The stored views are the augmentation; skip those of epochs already trained.
+        train, steps_per_epoch = stored_views(distillation.teacher, x_train, y_train, data,
+                                              config)
+    else:
+        train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
+                             training=True, augment=augment, seed=data_seed)
     val = make_dataset(x_val, y_val, data.num_classes, 64) if len(x_val) else None
     chief = is_chief(strategy)
     with strategy.scope(), tempfile.TemporaryDirectory() as scratch:
@@ -124,7 +131,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         # A multi-worker run's other workers train in step with the chief but write
         # nothing of their own: their checkpoints and logs go to a scratch folder.
         history = fit(model, train, val, config, out_dir if chief else scratch, verbose,
-                      distillation=distillation)
+                      distillation=distillation, steps_per_epoch=steps_per_epoch)
         seconds = time.time() - start
     if not chief:
         return model, {"model": model.name, "chief": False, "replicas": replicas,
@@ -153,6 +160,19 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     }
     write_json(os.path.join(out_dir, "summary.json"), summary)
     return best, summary
+
+
+def stored_views(views, x_train, y_train, data, config):
+    """The training batches of stored teacher views for ``config``'s epochs (those before
+    ``config.initial_epoch`` skipped), and the steps of one epoch."""
+    import math
+
+    if views.epochs < config.epochs:
+        raise ValueError(f"The stored teacher views cover {views.epochs} epochs; this run "
+                         f"trains to epoch {config.epochs}: draw views for as many epochs.")
+    steps = math.ceil(len(x_train) / config.batch_size)
+    train = views_dataset(views, x_train, y_train, data.num_classes, config.batch_size)
+    return train.skip(config.initial_epoch * steps), steps
 
 
 def upcycle_run(dense_path, data, out_path, moe_config, router="cluster", num_images=512,

@@ -226,7 +226,10 @@ def install_train_step(model, distillation=None):
     With a teacher, the step's loss is ``(1 - alpha) x`` the compiled loss on the labels +
     ``alpha x`` :meth:`tinymoe.distill.Distillation.loss` on the same augmented images (the
     teacher is frozen and sees exactly the student's input) + the model's own losses, and
-    the logs gain ``distill_loss``. Without either, the model keeps Keras' own step.
+    the logs gain ``distill_loss``. A teacher stored as
+    :class:`tinymoe.teacher_views.TeacherViews` comes with its logits in the batches
+    (``((images, teacher logits), labels)``, :func:`tinymoe.teacher_views.views_dataset`).
+    Without either, the model keeps Keras' own step.
 
     Returns:
         the supervised router layers (a list, empty if none).
@@ -235,9 +238,12 @@ def install_train_step(model, distillation=None):
         >>> model.compile(...)
         >>> install_train_step(model, Distillation(teacher, alpha=0.5))
     """
+    from tinymoe.teacher_views import TeacherViews
+
     layers = _supervised_routers(model)
     if not layers and distillation is None:
         return []
+    stored = distillation is not None and isinstance(distillation.teacher, TeacherViews)
     tables = [tf.constant(layer.superclasses, tf.int32) for layer in layers]
     trackers = {}
     if layers:
@@ -250,7 +256,9 @@ def install_train_step(model, distillation=None):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         values = {}
-        if distillation is not None:
+        if stored:  # the teacher's logits on these views come with them
+            x, teacher_logits = x
+        elif distillation is not None:
             teacher_logits = tf.stop_gradient(distillation.teacher.logits(x))
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
@@ -335,7 +343,7 @@ def training_callbacks(out_dir, monitor="val_accuracy", save_epochs=()):
 
 
 def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerly=False,
-        callbacks=(), distillation=None):
+        callbacks=(), distillation=None, steps_per_epoch=None):
     """Compiles ``model`` with the recipe and trains it with Keras fit.
 
     Args:
@@ -348,6 +356,8 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
         run_eagerly: skip graph tracing (faster for one or two tiny steps, slower after).
         callbacks: more Keras callbacks (e.g. :func:`tinymoe.optimize.pruning_callbacks`).
         distillation: a :class:`tinymoe.distill.Distillation`: a teacher joins the labels.
+        steps_per_epoch: batches per epoch when ``train_data`` holds several epochs (stored
+            teacher views); by default its length.
 
     Returns:
         the Keras ``History``.
@@ -355,7 +365,7 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     Example:
         >>> history = fit(model, train, val, TrainConfig(epochs=10), out_dir="runs/dense")
     """
-    steps = train_data.cardinality().numpy()
+    steps = steps_per_epoch or train_data.cardinality().numpy()
     if steps <= 0:
         raise ValueError("The training dataset is empty or of unknown length.")
     compile_for_training(model, config, int(steps), run_eagerly, distillation)
@@ -366,5 +376,6 @@ def fit(model, train_data, val_data, config, out_dir=None, verbose=1, run_eagerl
     elif config.save_epochs:
         raise ValueError("save_epochs needs an out_dir to write the checkpoints into.")
     return model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                     initial_epoch=config.initial_epoch, callbacks=callbacks, verbose=verbose)
+                     initial_epoch=config.initial_epoch, callbacks=callbacks, verbose=verbose,
+                     steps_per_epoch=steps_per_epoch)
 

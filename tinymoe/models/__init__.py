@@ -172,5 +172,5 @@ for _alpha in (0.7, 0.75, 1.0):
 
 __all__ = ["CNNConfig", "MoEConfig", "MobileViTV2Config", "StageConfig", "build_cnn",
            "build_mobilevit_v2", "check_input_shape", "check_weights", "create_model",
-           "get_config", "has_experts", "list_models", "moe_layers", "read_routing", "register_model", "settle_batch_norms", "trace",
-           "with_dispatch"]
+           "get_config", "has_experts", "list_models", "moe_layers", "read_routing",
+           "register_model", "settle_batch_norms", "trace", "with_dispatch"]

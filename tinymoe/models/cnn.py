@@ -114,7 +114,8 @@ def imagenet_weights(config, name):
         except Exception as error:  # no network: say where the file comes from
             raise ValueError(
                 f"The ImageNet weights of {name!r} are not on this machine ({path}) and "
-                f"could not be downloaded from {wanted.origin} ({type(error).__name__}). "
+                f"could not be downloaded from {wanted.origin} "
+                f"({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
                 f"Put the file there, or set KERAS_HOME to a folder whose models/ holds it. "
                 f"{REBUILD_HINT}") from None
     if wanted.sha256 and file_sha256(path) != wanted.sha256:
