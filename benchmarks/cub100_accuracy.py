@@ -46,8 +46,8 @@ import os
 import time
 
 import numpy as np
-from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
-from cub100_report import markdown, merge_rows, previous_runs
+from cub100_report import check_size, markdown
+from harness import MCU_EXPAND1_LAYOUT, cnn_peer, publish
 
 import tinymoe
 from tinymoe.augment import AugmentConfig
@@ -75,19 +75,6 @@ MCU_ABLATIONS = {
                           "layout": MCU_SPEED_LAYOUT},
 }
 VARIANTS += tuple(MCU_ABLATIONS)
-
-
-def cnn_peer(num_classes, size, alpha):
-    """Keras Applications MobileNetV3-Small (minimalistic) from scratch, batch-norm momentum
-    0.99 (with the default 0.999 it stays at chance on cub100 from scratch, see STACK.md)."""
-    keras = tinymoe.keras
-    model = keras.applications.MobileNetV3Small(
-        input_shape=(size, size, 3), alpha=alpha, minimalistic=True, weights=None,
-        classes=num_classes, classifier_activation=None, include_preprocessing=True)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.99
-    return model
 
 
 def int8_columns(model, data, args):
@@ -375,34 +362,24 @@ def main(argv=None):
         data = subset(data, args.per_class)
     if args.train_per_class:
         data = few_shot(data, args.train_per_class)
-    previous_runs(args.out, args.size)  # refuses a results file of another size up front
+    check_size(args.out, args.size)  # refuses a results file of another size up front
     rows = []
 
-    def publish(seed_rows):
-        # Written after every model, so a long run that stops keeps what it measured; the
-        # file is read again first, so that rows other runs wrote meanwhile are kept.
-        earlier, runs = previous_runs(args.out, args.size)
-        meta = run_meta(start, size=args.size, seeds=args.seeds, weights=args.weights,
-                        peer_weights=args.peer_weights or None,
-                        recipe={key: getattr(args, key) for key in (
-                            "learning_rate", "warmup_epochs", "label_smoothing")},
-                        train_per_class=args.train_per_class or None,
-                        upcycling=({**upcycling(args), "expert_dropout": args.expert_dropout}
-                                   if any(upcycling(args).values()) or args.expert_dropout
-                                   else None),
-                        images={s: int((data.splits == s).sum())
-                                for s in ("train", "val", "test")})
-        merged = merge_rows(earlier, rows + seed_rows)
-        # This run's entry replaces the one it wrote after its previous model.
-        this = {"started": f"{start:.6f}-{os.getpid()}",  # unique among concurrent runs
-                **{k: meta[k] for k in ("command", "wall_s", "seeds")}}
-        meta["runs"] = [r for r in runs if r.get("started") != this["started"]] + [this]
-        meta["seeds"] = sorted({r["seed"] for r in merged})
-        meta["wall_s"] = round(sum(r["wall_s"] for r in meta["runs"]), 1)
-        write_results(args.out, {"meta": meta, "rows": merged}, markdown(merged, meta))
+    def publish_rows(seed_rows):
+        # Written after every model, so that a long run that stops keeps what it measured.
+        merged = publish(
+            args.out, rows + seed_rows, start, markdown, ("variant", "seed"), size=args.size,
+            seeds=args.seeds, weights=args.weights, peer_weights=args.peer_weights or None,
+            recipe={key: getattr(args, key) for key in (
+                "learning_rate", "warmup_epochs", "label_smoothing")},
+            train_per_class=args.train_per_class or None,
+            upcycling=({**upcycling(args), "expert_dropout": args.expert_dropout}
+                       if any(upcycling(args).values()) or args.expert_dropout else None),
+            images={s: int((data.splits == s).sum()) for s in ("train", "val", "test")})
+        return merged
 
     for seed in args.seeds:
-        rows.extend(run_seed(data, seed, args, f"{args.out}/runs", publish))
+        rows.extend(run_seed(data, seed, args, f"{args.out}/runs", publish_rows))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """The results file of benchmarks/cub100_accuracy.py: its Markdown table, and the rows and
 runs already in it (one seed per run appends to the same file)."""
 
-import json
-import os
-
 import numpy as np
+from harness import read_results
 
 
 def start_of(meta):
@@ -17,10 +15,12 @@ def start_of(meta):
 
 def markdown(rows, meta):
     lines = [f"# cub100 accuracy ({meta['size']}x{meta['size']})", "",
-             *[f"Command: `{run['command']}` ({run['wall_s']} s, seeds {run['seeds']})  "
+             *[f"Command: `{run['command']}` ({run['wall_s']} s"
+               + (f", seeds {run['seeds']})  " if "seeds" in run else ")  ")
                for run in meta.get("runs", [meta])],
              f"Machine: {meta['machine']}  ",
-             f"Wall time: {meta['wall_s']} s; seeds {meta['seeds']}; {meta['images']}  ",
+             f"Wall time: {meta['wall_s']} s; seeds {sorted({r['seed'] for r in rows})}; "
+             f"{meta['images']}  ",
              f"Start: {start_of(meta)}; recipe "
              f"{meta.get('recipe') or 'the default'}"
              + (f"; {meta['train_per_class']} training images per species"
@@ -67,21 +67,9 @@ def bytes_or_dash(value):
     return "—" if value is None else f"{value:,}"
 
 
-def previous_runs(out, size):
-    """Rows and runs already in ``out.json`` (one seed per run appends to the same file)."""
-    if not os.path.exists(f"{out}.json"):
-        return [], []
-    with open(f"{out}.json") as handle:
-        payload = json.load(handle)
-    if payload["meta"]["size"] != size:
-        raise SystemExit(f"{out}.json holds {payload['meta']['size']}x{payload['meta']['size']} "
-                         f"results, not {size}x{size}: choose another --out")
-    meta = payload["meta"]
-    runs = meta.get("runs") or [{k: meta[k] for k in ("command", "wall_s", "seeds")}]
-    return payload["rows"], runs
-
-
-def merge_rows(earlier, rows):
-    """``earlier`` with each (variant, seed) measured again replaced by its new row."""
-    new = {(r["variant"], r["seed"]) for r in rows}
-    return [r for r in earlier if (r["variant"], r["seed"]) not in new] + rows
+def check_size(out, size):
+    """Refuses to add ``size`` results to a results file of another input size."""
+    _, _, meta = read_results(out)
+    if meta and meta["size"] != size:
+        raise SystemExit(f"{out}.json holds {meta['size']}x{meta['size']} results, not "
+                         f"{size}x{size}: choose another --out")

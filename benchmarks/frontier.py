@@ -17,8 +17,9 @@ and the figure ``--out``.png is drawn again. Test accuracy is only reported; eve
     python benchmarks/frontier.py --model mobilevit_v2_mcu --weights tinyimagenet \
         --size 128 --seed 0 --teacher /work/data/teachers/inat_bird.tflite --label mcu_bird
 
-``--rows FILE.json`` imports rows measured earlier by ``cub100_accuracy.py`` instead of
-training (``--from-results``); ``--plot`` only redraws the figure.
+``--import-earlier`` adds the points measured before this script existed (Tiny ImageNet
+starting points, from ``cub100_accuracy.py``'s results files and ``mcu_speed.py``'s counts);
+``--plot`` only redraws the figure.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import os
 import time
 
 import numpy as np
-from common import run_meta, write_results
+from harness import publish, read_results
 
 import tinymoe
 from tinymoe.augment import AugmentConfig
@@ -61,12 +62,19 @@ def device_columns(tflite_bytes):
                          and measured["flash_bytes"] <= FLASH_BYTES)}
 
 
-def other_source(path, size):
-    """The second test set (photos of cub100's species from neither CUB nor ImageNet), or
-    None: a folder of class folders named as cub100's."""
+def other_source(path, data):
+    """The second test set (photos of the data's species from neither CUB nor ImageNet), or
+    None: a folder of class folders named as the data's classes (a subset of them), its
+    labels mapped to the data's."""
     if not path:
         return None
-    return load_dataset(path, size)
+    other = load_dataset(path, int(data.images.shape[1]))
+    index = {name: i for i, name in enumerate(data.class_names)}
+    unknown = [name for name in other.class_names if name not in index]
+    if unknown:
+        raise SystemExit(f"{path}: classes the data does not have: {unknown[:5]}")
+    labels = np.array([index[other.class_names[label]] for label in other.labels])
+    return other.images, labels
 
 
 def stored_views(args, data):
@@ -88,6 +96,43 @@ def stored_views(args, data):
     views.meta["teacher_seconds"] = round(time.time() - start, 1)
     save_views(views, args.views)
     return views
+
+
+# Points measured before this script: (label, family, model, size, accuracy results file and
+# its variant, instruction counts file and its variant). Same recipe, data and TFLM scoring.
+EARLIER = (
+    ("mcu_tinyimagenet", "tinymoe", "mobilevit_v2_mcu", 128, "finetune_mcu_lr2e-3", "mcu",
+     "mcu_speed_128px", "mcu"),
+    ("mcu_tinyimagenet", "tinymoe", "mobilevit_v2_mcu", 160, "finetune_mcu_160px", "mcu",
+     "mcu_speed_160px", "mcu_160"),
+    ("peer_v3_070_tinyimagenet", "peer", "mobilenet_v3_small_070 (benchmarks cnn_peer)", 160,
+     "finetune_peer070_160px", "cnn_peer", "mcu_speed_160px", "peer_070_160"),
+    ("peer_v3_070_tinyimagenet", "peer", "mobilenet_v3_small_070 (benchmarks cnn_peer)", 176,
+     "finetune_peer070_176px", "cnn_peer", "mcu_speed_128px", "peer_070_176"),
+)
+
+
+def earlier_rows(results="benchmarks/results"):
+    """The :data:`EARLIER` points as frontier rows (labelled with their input size)."""
+    rows = []
+    for label, fam, model, size, accuracy, variant, speed, speed_variant in EARLIER:
+        counted, _, _ = read_results(f"{results}/{speed}")
+        device = next(r for r in counted if r["variant"] == speed_variant)
+        trained, _, _ = read_results(f"{results}/{accuracy}")
+        for row in (r for r in trained if r["variant"] == variant):
+            rows.append({
+                "family": fam, "model": model, "pretrained": "tinyimagenet",
+                "input_size": size, "distilled": False, "teacher": None,
+                "seed": row["seed"], "epochs": row["epochs"], "label": f"{label}_{size}",
+                "params": row["params"], "macs": row["macs"], "val_top1": row["val_top1"],
+                "test_top1": row["test_top1"], "test_int8_top1": row["int8_test_top1"],
+                "instructions": device["instructions"],
+                "arena_bytes": device["m7_arena_bytes"], "image_bytes": device["m7_flash_bytes"],
+                "fits": bool(device["m7_arena_bytes"] <= SRAM_BYTES
+                             and device["m7_flash_bytes"] <= FLASH_BYTES),
+                "source": f"{accuracy}.json ({variant}); instructions {speed}.json "
+                          f"({speed_variant}, untrained weights)"})
+    return rows
 
 
 def train_point(args, data, run_dir):
@@ -137,21 +182,14 @@ def train_point(args, data, run_dir):
            "train_seconds": summary["train_seconds"]}
     if distillation is not None:
         row["distillation"] = distillation.describe()
-    other = other_source(args.other_test, args.size)
+    other = other_source(args.other_test, data)
     if other is not None:
-        row["other_int8_top1"] = evaluate_tflite(tflite_bytes, other.images, other.labels)
+        row["other_top1"] = evaluate(best, *other)
+        row["other_int8_top1"] = evaluate_tflite(tflite_bytes, *other)
+        row["other_images"] = int(len(other[1]))
     row.update(device_columns(tflite_bytes))
     row["wall_s"] = round(time.time() - start, 1)
     return row
-
-
-def merge(out, new_rows):
-    rows = []
-    if os.path.exists(f"{out}.json"):
-        with open(f"{out}.json") as handle:
-            rows = json.load(handle)["rows"]
-    keys = {(row["label"], row["seed"]) for row in new_rows}
-    return [row for row in rows if (row["label"], row["seed"]) not in keys] + list(new_rows)
 
 
 def _cell(value):
@@ -233,17 +271,6 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def publish(out, rows, start):
-    meta = run_meta(start)
-    runs = []
-    if os.path.exists(f"{out}.json"):
-        with open(f"{out}.json") as handle:
-            runs = json.load(handle)["meta"].get("runs", [])
-    meta["runs"] = runs + [{"command": meta["command"], "wall_s": meta["wall_s"]}]
-    write_results(out, {"meta": meta, "rows": rows}, markdown(rows, meta))
-    plot(rows, f"{out}.png")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/cub100")
@@ -270,6 +297,10 @@ def main(argv=None):
     parser.add_argument("--views-seed", type=int, default=0)
     parser.add_argument("--label", required=False, help="the point's name in the table")
     parser.add_argument("--plot", action="store_true", help="only redraw the figure")
+    parser.add_argument("--import-earlier", action="store_true",
+                        help="only add the points measured before this script (EARLIER)")
+    parser.add_argument("--score-other", action="store_true",
+                        help="only score --other-test on the rows that lack it")
     parser.add_argument("--measure-missing", action="store_true",
                         help="only count, on the Cortex-M7 build, the rows whose "
                              "instructions are missing (from their saved model.tflite)")
@@ -280,15 +311,36 @@ def main(argv=None):
         with open(f"{args.out}.json") as handle:
             plot(json.load(handle)["rows"], f"{args.out}.png")
         return
+    if args.import_earlier:
+        rows = publish(args.out, earlier_rows(), start, markdown, ("label", "seed"))
+        plot(rows, f"{args.out}.png")
+        return
+    if args.score_other:
+        # The second test set on rows trained before it was at hand (their saved models).
+        from tinymoe.evaluation import evaluate, evaluate_tflite
+        from tinymoe.pipeline import load_model
+
+        rows, _, _ = read_results(args.out)
+        for row in rows:
+            if row.get("other_int8_top1") is None:
+                run = f"{args.out}/runs/{row['label']}/seed{row['seed']}"
+                other = other_source(args.other_test, load_dataset(args.data, row["input_size"]))
+                with open(f"{run}/model.tflite", "rb") as handle:
+                    row["other_int8_top1"] = evaluate_tflite(handle.read(), *other)
+                row["other_top1"] = evaluate(load_model(f"{run}/best.keras"), *other)
+                row["other_images"] = int(len(other[1]))
+        rows = publish(args.out, rows, start, markdown, ("label", "seed"))
+        plot(rows, f"{args.out}.png")
+        return
     if args.measure_missing:
-        with open(f"{args.out}.json") as handle:
-            rows = json.load(handle)["rows"]
+        rows, _, _ = read_results(args.out)
         for row in rows:
             if row.get("instructions") is None:
                 path = f"{args.out}/runs/{row['label']}/seed{row['seed']}/model.tflite"
                 with open(path, "rb") as handle:
                     row.update(device_columns(handle.read()))
-        publish(args.out, rows, start)
+        publish(args.out, rows, start, markdown, ("label", "seed"))
+        plot(rows, f"{args.out}.png")
         return
     if not args.label:
         parser.error("--label names the point")
@@ -296,7 +348,8 @@ def main(argv=None):
     run_dir = f"{args.out}/runs/{args.label}/seed{args.seed}"
     row = train_point(args, data, run_dir)
     print(json.dumps(row, indent=2), flush=True)
-    publish(args.out, merge(args.out, [row]), start)
+    rows = publish(args.out, [row], start, markdown, ("label", "seed"))
+    plot(rows, f"{args.out}.png")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import dataclasses
 import time
 
 import numpy as np
-from common import MCU_EXPAND1_LAYOUT, run_meta, write_results
+from harness import MCU_EXPAND1_LAYOUT, cnn_peer, run_meta, write_results
 
 import tinymoe
 from tinymoe.export import op_names, report, to_tflite
@@ -67,19 +67,10 @@ VARIANTS = {
 }
 
 
-def cnn_peer(alpha, size):
-    """Keras Applications MobileNetV3-Small (minimalistic), as benchmarks/cub100_accuracy.py
-    trains it."""
-    keras = tinymoe.keras
-    return keras.applications.MobileNetV3Small(
-        input_shape=(size, size, 3), alpha=alpha, minimalistic=True, weights=None,
-        classes=NUM_CLASSES, classifier_activation=None, include_preprocessing=True)
-
-
 def build(label, extra=None):
     name, overrides, size = VARIANTS[label] if extra is None else extra
     if name.startswith("peer:"):
-        return cnn_peer(float(name.split(":")[1]), size), size
+        return cnn_peer(NUM_CLASSES, size, float(name.split(":")[1])), size
     return create_model(name, num_classes=NUM_CLASSES, input_shape=(size, size, 3),
                         **overrides), size
 

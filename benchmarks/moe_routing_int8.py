@@ -27,7 +27,7 @@ import argparse
 import time
 
 import numpy as np
-from common import run_meta, write_results
+from harness import load_data, run_meta, write_results
 from tqdm.auto import tqdm
 
 from tinymoe.diagnosis import paired_difference
@@ -39,14 +39,7 @@ from tinymoe.pipeline import load_model
 
 def load_val(args, size):
     """(calibration images from train, validation images, validation labels)."""
-    if args.tinyimagenet:
-        from pretrain import load_tiny_imagenet
-
-        data = load_tiny_imagenet(args.tinyimagenet, size)
-    else:
-        from tinymoe.data import load_dataset
-
-        data = load_dataset(args.data, size)
+    data = load_data(args, size)
     x_train = data.split("train")[0]
     x_val, y_val = data.split("val")
     pick = np.random.default_rng(0).permutation(len(x_val))[:args.images]

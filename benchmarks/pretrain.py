@@ -37,7 +37,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import run_meta
+from harness import cnn_peer, run_meta
 
 import tinymoe
 from tinymoe.augment import AugmentConfig, make_dataset
@@ -124,13 +124,6 @@ def _class_words(root, wnids):
                 wnid, text = line.rstrip("\n").split("\t", 1)
                 words[wnid] = text.split(",")[0].strip()
     return [f"{w} {words[w]}" if w in words else w for w in wnids]
-
-
-def cnn_peer(num_classes, size, alpha):
-    """The CNN peer, built as benchmarks/cub100_accuracy.py builds it."""
-    from cub100_accuracy import cnn_peer as build
-
-    return build(num_classes, size, alpha)
 
 
 def build(args, data):
@@ -247,7 +240,7 @@ def resume_epoch(run_dir, initial_epoch=0):
 
 def write_report(run_dir, out):
     """``out.json`` and ``out.md``: a finished run's summary and its per-epoch log."""
-    from common import write_results
+    from harness import write_results
 
     with open(os.path.join(run_dir, "summary.json")) as handle:
         summary = json.load(handle)

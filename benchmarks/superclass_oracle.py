@@ -14,7 +14,7 @@ Example:
 
 import time
 
-from common import run_meta, write_results
+from harness import run_meta, write_results
 from moe_routing_int8 import load_val, models_and_data_parser
 
 from tinymoe.diagnosis import superclass_oracle
