@@ -160,9 +160,18 @@ def train_point(args, data, run_dir):
                                     temperature=args.temperature)
     augment = AugmentConfig(crop=True, flip=True, mixup_alpha=args.mixup)
     start = time.time()
-    best, summary = train_run(args.model, data, run_dir, config, augment, verbose=2,
-                              weights=args.weights, seed=args.seed,
-                              distillation=distillation)
+    finished = os.path.join(run_dir, "summary.json")
+    if os.path.exists(finished):  # trained by an earlier run that stopped after training
+        from tinymoe.pipeline import load_model
+
+        with open(finished) as handle:
+            summary = json.load(handle)
+        best = load_model(summary["best"])
+        print(f"Reusing the trained model in {run_dir}", flush=True)
+    else:
+        best, summary = train_run(args.model, data, run_dir, config, augment, verbose=2,
+                                  weights=args.weights, seed=args.seed,
+                                  distillation=distillation)
     x_test, y_test = data.split("test")
     tflite_bytes = to_tflite(best, data.split("train")[0][:200])
     with atomic_path(os.path.join(run_dir, "model.tflite")) as tmp, open(tmp, "wb") as handle:

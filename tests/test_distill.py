@@ -2,6 +2,7 @@
 classes are not the data's are refused; a head is fitted on a network's features."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -136,3 +137,44 @@ def test_a_tflite_network_becomes_a_teacher_through_a_fitted_head(tmp_path):
     assert teacher.describe()["teacher_head_val_top1"] >= 0.8
     distillation = Distillation(teacher)
     assert dataclasses.asdict(distillation)["alpha"] == 0.5
+
+
+def test_train_and_optimize_take_a_teacher_on_the_command_line(tmp_path, monkeypatch):
+    from tinymoe.cli import main
+
+    size = 32
+    images, labels = synthetic_images(24, size, CLASSES)
+    data = ImageData(images.astype(np.uint8), labels,
+                     np.array(["train"] * 16 + ["val"] * 8), ["a", "b", "c"], np.full(24, ""))
+    monkeypatch.setattr("tinymoe.data.load_dataset", lambda source, size: data)
+
+    def conv_net(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((size, size, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+
+    conv_net(1).save(tmp_path / "teacher.keras")
+    conv_net(2).save(tmp_path / "student.keras")
+    teacher = ["--teacher", str(tmp_path / "teacher.keras"), "--teacher-weight", "0.8",
+               "--temperature", "2"]
+    assert main(["train", "--model", str(tmp_path / "student.keras"), "--input-size",
+                 str(size), "--epochs", "1", "--batch-size", "8", "--out",
+                 str(tmp_path / "run"), *teacher]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["distillation"]["alpha"] == 0.8
+    assert summary["distillation"]["temperature"] == 2.0
+    assert summary["distillation"]["teacher"].endswith("teacher.keras")
+    assert main(["optimize", str(tmp_path / "run" / "best.keras"), "--input-size", str(size),
+                 "--qat-epochs", "1", "--out", str(tmp_path / "opt"), *teacher]) == 0
+    optimized = json.loads((tmp_path / "opt" / "summary.json").read_text())
+    assert optimized["qat_epochs"] == 1 and optimized["distillation"]["alpha"] == 0.8
+    assert (tmp_path / "opt" / "model.tflite").stat().st_size > 0
+    # A teacher of other classes stops the command before any training, with exit status 2.
+    small_net(CLASSES + 1, seed=0).save(tmp_path / "wrong.keras")
+    assert main(["train", "--model", str(tmp_path / "student.keras"), "--input-size",
+                 str(size), "--out", str(tmp_path / "refused"), "--teacher",
+                 str(tmp_path / "wrong.keras")]) == 2
+    assert not (tmp_path / "refused").exists()

@@ -26,7 +26,8 @@ def data():
 # The Keras Applications CNNs are one family of standard layers at several widths: the
 # default run keeps Edge Impulse's MobileNetV2-0.35 and one MobileNetV3-Small.
 WIDE = {"mobilevit_v2_075", "mobilevit_v2_100", "mobilevit_v2_mcu_layernorm",
-        "mobilevit_v2_mcu_wide", "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_100",
+        "mobilevit_v2_mcu_wide", "mobilevit_v2_mcu_moe8_image", "mobilevit_v2_mcu_ffn4x",
+        "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_100",
         "mobilenet_v2_130", "mobilenet_v2_140", "mobilenet_v3_small_070",
         "mobilenet_v3_small_100"}
 

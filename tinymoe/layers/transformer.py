@@ -19,15 +19,16 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
     Args:
         ffn_dim: int, hidden width of the feed-forward (of each expert when ``moe`` is set).
         moe: None for a dense feed-forward, or a dict of :class:`MoEFeedForward` arguments
-            (without ``hidden_dim``) for a mixture of experts.
+            for a mixture of experts (``hidden_dim``, each expert's width, defaults to
+            ``ffn_dim``).
         activation: feed-forward activation.
         dropout: float, dropout on the attention and feed-forward outputs.
         norm: "layer" (pre-norm: a :class:`LayerNorm` before the attention and before the
             feed-forward, MobileViTv2's), "batch" (the same pre-norms as batch norms,
             folded into the attention's qkv and the feed-forward's first convolution at
             inference: in the int8 graph normalisation costs no op at all) or "mixed" (a
-            fast :class:`LayerNorm` before the attention, a folded batch norm before the
-            feed-forward).
+            fast :class:`LayerNorm` before the attention, a folded batch norm before a dense
+            feed-forward, a :class:`LayerNorm` before a mixture of experts).
         bn_momentum: float, the batch norms' momentum (``norm="batch"`` or ``"mixed"``).
 
     Example:
@@ -47,21 +48,25 @@ class TransformerLayer(ScopedBuildMixin, keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
-        if norm != "layer" and self.moe is not None:
-            raise ValueError(f"norm={norm!r} has no mixture-of-experts form yet: the experts "
-                             "have no batch norms to fold. Use norm='layer' for MoE layers.")
+        if norm == "batch" and self.moe is not None:
+            raise ValueError("norm='batch' has no mixture-of-experts form yet: the experts "
+                             "have no batch norms to fold. Use norm='layer' or 'mixed' for "
+                             "MoE layers.")
         self.attn_norm = (None if norm == "batch"
                           else LayerNorm(fast=norm == "mixed", name="attn_norm"))
         self.attn = SeparableSelfAttention(pre_norm=norm == "batch",
                                            bn_momentum=self.bn_momentum, name="attn")
-        self.ffn_norm = LayerNorm(name="ffn_norm") if norm == "layer" else None
+        # A mixture of experts keeps a layer norm before it ("mixed" included): a batch norm
+        # there would have to be folded into every expert.
+        self.ffn_norm = (LayerNorm(name="ffn_norm")
+                         if norm == "layer" or self.moe is not None else None)
         if self.moe is None:
             self.ffn = FeedForward(self.ffn_dim, activation=activation,
                                    pre_norm=norm != "layer", bn_momentum=self.bn_momentum,
                                    name="ffn")
         else:
-            self.ffn = MoEFeedForward(hidden_dim=self.ffn_dim,
-                                      **{"activation": activation, **self.moe}, name="moe")
+            self.ffn = MoEFeedForward(**{"hidden_dim": self.ffn_dim, "activation": activation,
+                                         **self.moe}, name="moe")
         self.attn_drop = keras.layers.Dropout(self.dropout)
         self.ffn_drop = keras.layers.Dropout(self.dropout)
 

@@ -162,6 +162,21 @@ def check_weights(name, weights, input_shape):
     check_weights_input(weights_card(name, weights), input_shape)
 
 
+# The microcontroller model with experts where it is short of capacity (Tiny ImageNet):
+# 4 or 8 experts routed per image in the last transformer layer of stage 4 (one expert's
+# MACs per image: the dense model's instructions, its spare flash spent on experts), trained
+# as mixtures of experts from the start; and its flash-equal dense control, the same layer
+# with one expert four times as wide (the 4-expert model's parameters, 4x that layer's MACs).
+# All three keep a layer norm before that layer's feed-forward.
+_PER_IMAGE = MoEConfig(layers=((4, -1),), routing="image", activation="relu6")
+register_model("mobilevit_v2_mcu_moe4_image", dataclasses.replace(
+    get_config("mobilevit_v2_mcu"), moe=_PER_IMAGE))
+register_model("mobilevit_v2_mcu_moe8_image", dataclasses.replace(
+    get_config("mobilevit_v2_mcu"), moe=dataclasses.replace(_PER_IMAGE, num_experts=8)))
+register_model("mobilevit_v2_mcu_ffn4x", dataclasses.replace(
+    get_config("mobilevit_v2_mcu"), moe=dataclasses.replace(
+        _PER_IMAGE, num_experts=1, expert_hidden_dim=4 * 160, aux_loss_weight=0.0)))
+
 # Keras Applications' CNNs: MobileNetV2 at every width with ImageNet weights (0.35 is Edge
 # Impulse's and Teachable Machine's default image model), MobileNetV3-Small minimalistic.
 for _alpha in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):

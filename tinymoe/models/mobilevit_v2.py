@@ -279,7 +279,8 @@ def build_mobilevit_v2(config, num_classes=1000, input_shape=(256, 256, 3), name
             if number in moe_layers:
                 moe = config.moe.layer_kwargs(num_patches(x.shape[1], x.shape[2]),
                                               f"stage{number}_mvit")
-                ffn_dim = config.moe.expert_hidden_dim or ffn_dim
+                if config.moe.expert_hidden_dim:  # the experts' width; dense layers keep theirs
+                    moe["hidden_dim"] = int(config.moe.expert_hidden_dim)
             x = MobileViTV2Block(attn_dim, ffn_dim, stage["attn_layers"],
                                  moe_layers=tuple(moe_layers.get(number, ())), moe=moe,
                                  activation=config.block_activation,
