@@ -99,3 +99,20 @@ def test_the_real_imagenet_file_is_keras_own():
     model = create_model("mobilenet_v2_035", num_classes=3, input_shape=(128, 128, 3),
                          weights="imagenet")
     assert model.count_params() == 410208 + 1280 * 3 + 3
+
+
+def test_the_hybrid_takes_the_imagenet_trunk_and_trains_its_own_stages(tmp_path, monkeypatch):
+    source, _ = fake_imagenet_file(tmp_path, monkeypatch)
+    model = create_model("mobilevit_v2_mnv2_035", num_classes=5, input_shape=(128, 128, 3),
+                         weights="imagenet")
+    # The trunk is MobileNetV2-0.35 to block 12 with the file's weights, statistics frozen...
+    for name in ("Conv1", "block_12_project", "block_12_project_BN"):
+        for got, want in zip(model.get_layer(name).get_weights(),
+                             source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    assert not model.get_layer("block_12_project_BN").trainable
+    names = [layer.name for layer in model.layers]
+    assert "block_13_expand" not in names and "Conv_1" not in names  # cut at block_12_add
+    # ... then tinymoe's stage: an inverted residual to 4x4 and a MobileViTv2 block.
+    assert model.get_layer("head1_mvit").output_shape == (None, 4, 4, 160)
+    assert model.output_shape == (None, 5)

@@ -5,7 +5,7 @@ from conftest import synthetic_images
 from int8_ops import assert_ops_agree
 from tinymoe.backend import keras
 from tinymoe.export import litert_invoke, op_names, quantize, tflm_invoke, to_tflite
-from tinymoe.models import CNNConfig, create_model, get_config, list_models
+from tinymoe.models import CNNConfig, HybridConfig, create_model, get_config, list_models
 
 SIZE, CLASSES = 96, 4
 
@@ -52,8 +52,8 @@ def trained(request, data):
     # The CNNs' batch norms average with momentum 0.99, for thousands of steps; on these
     # few dozen the running statistics would still be their initial ones, and the model in
     # inference mode undecided. Momentum 0.9 (the MobileViTv2 models') settles them here.
-    overrides = ({"bn_momentum": 0.9} if isinstance(get_config(request.param), CNNConfig)
-                 else {})
+    overrides = ({"bn_momentum": 0.9}
+                 if isinstance(get_config(request.param), (CNNConfig, HybridConfig)) else {})
     model = create_model(request.param, num_classes=CLASSES, input_shape=(SIZE, SIZE, 3),
                          **overrides)
     model.compile(optimizer=keras.optimizers.Adam(2e-3),
