@@ -335,7 +335,7 @@ def main(argv=None):
     log = np.atleast_1d(log)
     best_row = log[int(np.argmax(log["val_accuracy"]))]
     summary = {
-        **run_meta(start), "model": args.model, "routing": args.routing,
+        **run_meta(start), "model": args.model, "seed": args.seed, "routing": args.routing,
         "size": args.size, "epochs": args.epochs,
         "initial_epoch": args.initial_epoch, "upcycled_from": args.upcycle,
         "router": args.router if args.upcycle else None,
