@@ -33,6 +33,7 @@ from harness import publish, read_results
 import tinymoe
 from tinymoe.augment import AugmentConfig
 from tinymoe.data import load_dataset
+from tinymoe.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from tinymoe.files import atomic_path
 from tinymoe.models import CNNConfig, get_config
 
@@ -297,8 +298,8 @@ def main(argv=None):
     parser.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
     parser.add_argument("--teacher", default=None)
     parser.add_argument("--teacher-label", default=None, help="the teacher's name in rows")
-    parser.add_argument("--teacher-weight", type=float, default=0.5)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--teacher-weight", type=float, default=DEFAULT_ALPHA)
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     parser.add_argument("--teacher-input-size", type=int, default=None)
     parser.add_argument("--views", default=None, metavar="NPZ",
                         help="train on the teacher's stored views (tinymoe.teacher_views): "

@@ -136,7 +136,7 @@ def test_a_tflite_network_becomes_a_teacher_through_a_fitted_head(tmp_path):
     assert np.mean(np.argmax(logits, 1) == y_val) >= 0.8
     assert teacher.describe()["teacher_head_val_top1"] >= 0.8
     distillation = Distillation(teacher)
-    assert dataclasses.asdict(distillation)["alpha"] == 0.5
+    assert dataclasses.asdict(distillation)["alpha"] == 0.9  # the default chosen on val
 
 
 def test_train_and_optimize_take_a_teacher_on_the_command_line(tmp_path, monkeypatch):
