@@ -15,6 +15,7 @@ from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also us
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
+from tinymoe.resume import TRAIN_BACKUP, finished_epochs, resumable_callbacks
 from tinymoe.train import TrainConfig, fit, stream_seed
 
 
@@ -87,6 +88,12 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     instead (its batches, and any layer it initialises), so that it does not replay the
     stream its checkpoint already trained on.
 
+    Every epoch is backed up into ``out_dir/train_backup`` (:mod:`tinymoe.resume`): a run
+    stopped part-way and started again with the same arguments and ``out_dir`` goes on from
+    its last finished epoch, and with a ``seed`` ends with the model an unbroken run gives
+    (the weights, optimizer, data order, augmentation and dropout draws restored; the log
+    and ``best.keras`` go on). The folder is removed when training ends.
+
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
 
@@ -109,6 +116,10 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     data_seed = stream_seed(seed or 0, config.initial_epoch)
     if seed is not None:
         keras.utils.set_random_seed(data_seed)
+        # keras-cv's RandAugment, MixUp and CutMix draw from the global generator.
+        tf.random.set_global_generator(tf.random.Generator.from_seed(data_seed))
+    backup_dir = os.path.join(out_dir, TRAIN_BACKUP)
+    finished = finished_epochs(backup_dir, config)  # refuses a backup it cannot go on from
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
@@ -122,9 +133,13 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
                                   train_dispatch=train_dispatch)
         start = time.time()
         # A multi-worker run's other workers train in step with the chief but write
-        # nothing of their own: their checkpoints and logs go to a scratch folder.
-        history = fit(model, train, val, config, out_dir if chief else scratch, verbose,
-                      distillation=distillation)
+        # nothing of their own: their checkpoints and logs go to a scratch folder (the
+        # backup goes where the chief's is: Keras writes only the chief's).
+        callbacks = resumable_callbacks(out_dir if chief else scratch,
+                                        "val_accuracy" if val is not None else "accuracy",
+                                        config, backup_dir, train)
+        history = fit(model, train, val, dataclasses.replace(config, save_epochs=()),
+                      verbose=verbose, callbacks=callbacks, distillation=distillation)
         seconds = time.time() - start
     if not chief:
         return model, {"model": model.name, "chief": False, "replicas": replicas,
@@ -132,7 +147,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
-    trained = config.epochs - config.initial_epoch
+    trained = config.epochs - max(config.initial_epoch, finished)
     summary = {
         **profile(best),
         "model": model.name,
@@ -141,6 +156,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         "distillation": distillation.describe() if distillation is not None else None,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
+        "resumed_after_epoch": finished or None,
         "replicas": replicas,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
