@@ -26,14 +26,30 @@ CAPACITY_AWARE_FACTOR = 2.0
 
 
 def load_model(path):
-    """Loads a ``.keras`` file written by tinymoe (for inference or further training).
+    """Loads a ``.keras`` file written by tinymoe (for inference or further training), a
+    quantisation-aware one too (:func:`tinymoe.optimize.quantize_aware`, saved with ``save``).
 
     Example:
         >>> model = load_model("runs/moe/best.keras")
     """
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path!r} does not exist.")
+    if _holds_quantize_wrappers(path):
+        from tinymoe.optimize import quantize_scope
+
+        with quantize_scope():
+            return keras.models.load_model(path, compile=False)
     return keras.models.load_model(path, compile=False)
+
+
+def _holds_quantize_wrappers(path):
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"QuantizeWrapperV2"' in archive.read("config.json")
+    except (zipfile.BadZipFile, KeyError):
+        return False  # not a .keras archive: Keras says what it is
 
 
 QAT_BACKUP = "qat_backup"  # optimize_run's per-epoch QAT checkpoint folder
@@ -410,10 +426,9 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         qat = quantize_aware(model, preserve_sparsity=sparsity > 0)
         config = TrainConfig(epochs=qat_epochs, batch_size=batch_size,
                              learning_rate=learning_rate, warmup_epochs=0)
-        # A QAT model cannot go through a .keras file (tfmot's input quantiser does not
-        # load again); its weights, quantiser ranges, optimizer and epoch are backed up
-        # as a TensorFlow checkpoint after every epoch instead, and a run started again
-        # with the same out_dir resumes from the last finished epoch.
+        # Its weights, quantiser ranges, optimizer and epoch are backed up as a TensorFlow
+        # checkpoint after every epoch, and a run started again with the same out_dir
+        # resumes from the last finished epoch.
         backup = keras.callbacks.BackupAndRestore(os.path.join(out_dir, QAT_BACKUP))
         fit(qat, train, None, config, verbose=verbose, callbacks=[backup, *callbacks],
             distillation=distillation)
