@@ -36,10 +36,12 @@ def small_digits():
 
 
 def _initial_model(path):
-    """Batch norm (moving statistics), dropout (random masks) and a classifier."""
+    """Batch norm (moving statistics), dropout (random masks: Keras' default random ops,
+    and a generator as in a file train_run saved) and a classifier."""
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, strides=4, use_bias=False)(
         keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Dropout(0.2, rng_type="stateful")(x)
     x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
     x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(x))
     keras.Model(inputs, keras.layers.Dense(10)(x)).save(path)

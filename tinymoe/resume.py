@@ -134,10 +134,7 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         self.train_data, self.initial_epoch = train_data, int(initial_epoch)
 
     def on_train_begin(self, logs=None):
-        dropouts = {id(layer): layer for layer in self.model.submodules
-                    if _draws_dropout(layer)}
-        generators = [_stateful_generator(layer, self.model.distribute_strategy)
-                      for layer in dropouts.values()]
+        generators = _dropout_generators(self.model)
         try:
             generators.append(tf.random.get_global_generator())
         except RuntimeError:  # op determinism on and no global generator set: none drawn
@@ -160,18 +157,22 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
             pass
 
 
-def _draws_dropout(layer):
-    generator = getattr(layer, "_random_generator", None)
-    return (isinstance(layer, keras.layers.Dropout) and generator is not None
-            and generator._rng_type == generator.RNG_LEGACY_STATEFUL
-            and not (isinstance(layer.rate, (int, float)) and layer.rate == 0))
-
-
-def _stateful_generator(layer, strategy):
-    """Makes a dropout layer draw from a ``tf.random.Generator`` (Keras' "stateful" random
-    generator, seeded from Keras' seed), whose state a checkpoint can hold; returns it."""
-    generator = type(layer._random_generator)(rng_type="stateful")  # Keras' RandomGenerator
-    with strategy.scope():
-        generator._maybe_init()
-    layer._random_generator = generator
-    return generator._generator
+def _dropout_generators(model):
+    """The ``tf.random.Generator`` each dropout layer of ``model`` draws from. A layer on
+    Keras' default stateful random ops (whose state no checkpoint can hold) is moved to
+    Keras' "stateful" generator first, seeded from Keras' seed; a layer loaded from a file
+    saved after that has one already."""
+    generators = {}
+    for layer in model.submodules:
+        generator = getattr(layer, "_random_generator", None)
+        if (not isinstance(layer, keras.layers.Dropout) or generator is None
+                or (isinstance(layer.rate, (int, float)) and layer.rate == 0)):
+            continue
+        if generator._rng_type == generator.RNG_LEGACY_STATEFUL:
+            generator = type(generator)(rng_type="stateful")  # Keras' RandomGenerator
+            layer._random_generator = generator
+        if generator._rng_type == generator.RNG_STATEFUL:
+            with model.distribute_strategy.scope():
+                generator._maybe_init()
+            generators[id(generator._generator)] = generator._generator
+    return list(generators.values())
