@@ -7,7 +7,7 @@ out, and a seeded run needs to give the model an unbroken run gives, is restored
 - the training data's order and augmentation: each epoch's shuffle is drawn when Keras
   creates that epoch's iterator, so a resumed run creates (without reading them) one
   iterator per epoch already trained, and its next epoch sees the batches the unbroken run's
-  did (tinymoe's crop and flip draw afresh in every iterator);
+  did (tinymoe's crop and flip draws belong to each iterator too);
 - the dropout masks: Keras draws them with stateful random ops whose state no checkpoint
   holds. The model's dropout layers draw from a ``tf.random.Generator`` instead, kept in
   the checkpoint, and so is TensorFlow's global generator, which keras-cv's RandAugment,
