@@ -20,22 +20,28 @@ demo: $(STAMP)
 	$(BIN)/tinymoe demo --out runs/demo
 
 # The firmware tests build the app for Cortex-M3 and M7 and run it under QEMU: Debian's cross
-# toolchain and emulator, installed here when missing in a root shell with apt-get (CI).
+# toolchain (the compiler, its C library and C++ headers) and emulator. The check that decides
+# is the tests' own (firmware_export: make check-toolchain, a C++ program built with each
+# target's flags); what it finds missing is installed here in a root shell with apt-get (CI).
 # Elsewhere those tests skip and say why. The TFLM library they need is built on first use
 # (firmware_export/Makefile: 10-20 minutes per target on 2 cores, cached in ~/.cache/tinymoe).
+CORTEX_M_READY = $(MAKE) -s --no-print-directory -C firmware_export TARGET=cortex-m3-qemu \
+	check-toolchain && $(MAKE) -s --no-print-directory -C firmware_export \
+	TARGET=cortex-m7-qemu check-toolchain
 firmware-tools:
-	@if ! command -v arm-none-eabi-g++ >/dev/null || ! command -v qemu-system-arm >/dev/null; \
+	@if ! ($(CORTEX_M_READY)) 2>/dev/null; \
 	then if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
 	then $(MAKE) -C firmware_export cortex-m-tools; \
-	else echo "No arm-none-eabi-g++/qemu-system-arm: the Cortex-M firmware tests will skip" \
-	"(sudo make -C firmware_export cortex-m-tools installs them)." >&2; fi; fi
+	else echo "The Cortex-M firmware tests will skip:" \
+	"$$( ($(CORTEX_M_READY)) 2>&1 | grep -v '^make' | head -n 1)" \
+	"(sudo make -C firmware_export cortex-m-tools installs the Debian packages)." >&2; fi; fi
 
 # TFLM's library for the host, Cortex-M3 and Cortex-M7 (CMSIS-NN), built before the tests so
 # that its progress shows (5-12 minutes each on 2 idle cores the first time; cached after).
 firmware-libs: $(STAMP) firmware-tools
 	@if $(MAKE) -s -C firmware_export print-tflm >/dev/null 2>&1; then \
 	$(MAKE) -C firmware_export tflm && \
-	if command -v arm-none-eabi-g++ >/dev/null; then \
+	if ($(CORTEX_M_READY)) 2>/dev/null; then \
 	$(MAKE) -C firmware_export TARGET=cortex-m3-qemu tflm && \
 	$(MAKE) -C firmware_export TARGET=cortex-m7-qemu tflm; fi; \
 	else echo "No TFLM sources (../shared/third_party): the firmware build tests will skip." >&2; fi

@@ -35,7 +35,6 @@ import sys
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from harness import cnn_peer, run_meta
 
@@ -46,6 +45,7 @@ from tinymoe.data import ImageData
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, get_config, list_models
 from tinymoe.pipeline import evaluate, load_model
+from tinymoe.progress import progress_bar
 from tinymoe.train import TrainConfig, fit, stream_seed
 
 SOURCE = "Tiny ImageNet-200 (github.com/rangeetpan/IMagenet, tiny-imagenet-200/)"
@@ -67,7 +67,7 @@ def _decode(paths, size):
         read, num_parallel_calls=tf.data.AUTOTUNE).batch(1000)
     out = np.empty((len(paths), size, size, 3), np.uint8)
     done = 0
-    with tqdm(total=len(paths), desc="decoding Tiny ImageNet", unit="img") as bar:
+    with progress_bar(total=len(paths), desc="decoding Tiny ImageNet", unit="img") as bar:
         for batch in dataset:
             out[done:done + len(batch)] = batch.numpy()
             done += len(batch)

@@ -85,3 +85,38 @@ def test_cli_help_of_every_command_names_its_options(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: tinymoe " + command in capsys.readouterr().out
+
+
+def test_every_command_refuses_an_input_size_before_the_data_loads(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`--input-size 100` was refused only once the whole data set was decoded (minutes for
+    cub100 at 128x128; `tinymoe models` built and converted every CNN first)."""
+    import tinymoe.data
+    import tinymoe.zoo
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the data was loaded (or a model built) before the size check")
+
+    monkeypatch.setattr(tinymoe.data, "load_dataset", not_yet)
+    monkeypatch.setattr(tinymoe.zoo, "summarize_models", not_yet)
+    small = str(tmp_path / "small.keras")  # a model built for 32x32 images
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(small)
+    out = str(tmp_path / "out")
+    mobilevit = "Input height 100 cannot be taken: MobileViTv2 downsamples by 32"
+    saved = f"{small} takes 32x32 images, not 64x64."
+    for argv, message in [
+        (["models", "--input-size", "100"], mobilevit),
+        (["train", "--model", "mobilevit_v2_mcu", "--input-size", "100", "--out", out],
+         mobilevit),
+        (["train", "--model", "mobilenet_v2_035", "--input-size", "16", "--out", out],
+         "mobilenet_v2_035 takes images of at least 32x32, not 16x16."),
+        (["train", "--model", small, "--input-size", "64", "--out", out], saved),
+        (["upcycle", small, "--input-size", "64", "--out", f"{out}.keras"], saved),
+        (["analyze", small, "--input-size", "64", "--out", out], saved),
+        (["optimize", small, "--input-size", "64", "--out", out], saved),
+        (["evaluate", small, "--input-size", "64"], saved),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not os.path.exists(out)

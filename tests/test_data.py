@@ -157,3 +157,25 @@ def test_images_that_look_normalised_get_a_plain_warning_where_they_enter():
         for fine in (unit * 255, (unit * 255).astype(np.uint8), np.zeros_like(unit)):
             assert not warn_if_normalised(fine, "test")
         keras_logits(model, unit * 255)
+
+
+def test_decoding_into_a_file_writes_one_line_and_a_terminal_gets_the_bar(folder, monkeypatch):
+    """`tinymoe train ... > log.txt 2>&1`: the "decoding images" bar was hundreds of
+    carriage-return updates on one line there; off a terminal it is one line when done."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream in (io.StringIO(), Terminal()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        data = load_image_folder(str(folder), 16)
+        assert len(data.images) == 9
+        text = stream.getvalue()
+        if isinstance(stream, Terminal):
+            assert "\r" in text and "decoding images: 100%" in text
+        else:
+            assert "\r" not in text and len(text.splitlines()) == 1
+            assert text.startswith("decoding images: 9 img in ") and text.endswith(" s\n")

@@ -339,3 +339,60 @@ def test_per_image_moe_on_the_cortex_m7_cmsis_nn_build_reproduces_python_tflm(tm
     assert len(set(experts)) >= 2, experts
     run = run_firmware(tflite_bytes, test_images, target="cortex-m7", workdir=str(tmp_path))
     _assert_same_as_python_tflm(run, tflite_bytes, test_images)
+
+
+def test_an_image_filling_both_memories_runs_and_one_past_the_ram_fails_to_link(tmp_path):
+    """mps2_an385.ld on QEMU's boards (4 MB of flash, 4 MB of RAM): a 1 MB model array in
+    flash and a 3.5 MB tensor arena in RAM fit, each in its memory, and run (they locked up
+    at reset once the two passed 4 MB together: QEMU's loader zero-filled .bss at its flash
+    load address, over the vector table); an arena past the RAM fails to link, saying so."""
+    _require("cortex-m3")
+    from tinymoe.export.firmware_app import FirmwareError
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(5200)(keras.layers.Flatten()(inputs)))
+    images = np.random.default_rng(5).integers(0, 256, (8, 8, 8, 3)).astype(np.float32)
+    tflite_bytes = to_tflite(model, images)
+    assert len(tflite_bytes) > 1_000_000
+    # kTensorArenaSize is the arena given plus 10%: 3,520,000 bytes.
+    run = run_firmware(tflite_bytes, images[:1], target="cortex-m3", arena_bytes=3_200_000,
+                       workdir=str(tmp_path / "fits"))
+    np.testing.assert_array_equal(run.outputs,
+                                  tflm_invoke(tflite_bytes, images[:1], dequantize_output=False))
+    assert run.flash_bytes + run.arena_size_bytes > 4 * 1024 * 1024
+    with pytest.raises(FirmwareError, match=r"RAM overflow: \.data, \.bss \(tensor arena\), 64 "
+                                            r"KB stack pass the board's 4 MB of RAM"):
+        run_firmware(tflite_bytes, images[:1], target="cortex-m3", arena_bytes=3_900_000,
+                     workdir=str(tmp_path / "too_large"))
+
+
+def test_a_compiler_without_its_cpp_library_is_named_and_the_cortex_m_tests_skip(
+        tmp_path, monkeypatch):
+    """arm-none-eabi-g++ without libstdc++-arm-none-eabi-newlib (simulated: a compiler on
+    PATH that cannot find <cstddef>, as that one does): the TFLM build used to fail and stop
+    `make test`. The one check that make test and the tests use builds a C++ program with
+    the target's flags, so both name what is missing; make test goes on (a root shell with
+    apt-get installs the packages instead: id -u is faked here, nothing is installed)."""
+    from tinymoe.export.firmware_app import FirmwareError
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "arm-none-eabi-g++").write_text(
+        "#!/bin/sh\necho '<stdin>:1:10: fatal error: cstddef: No such file or directory' >&2\n"
+        "echo 'compilation terminated.' >&2\nexit 1\n")
+    (fake / "id").write_text("#!/bin/sh\necho 1000\n")  # not root: no apt-get
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    reason = ("arm-none-eabi-g++ cannot build C++ with the cortex-m3-qemu flags (cstddef: No "
+              "such file or directory)")
+    assert reason in missing_requirements("cortex-m3")
+    assert "cortex-m7-qemu flags (cstddef" in missing_requirements("cortex-m7")[0]
+    with pytest.raises(FirmwareError, match=r"The cortex-m3 build lacks: arm-none-eabi-g\+\+ "
+                                            r"cannot build C\+\+"):
+        run_firmware(b"", np.zeros((1, 8, 8, 3)), target="cortex-m3")
+    root = os.path.dirname(firmware_dir())
+    result = subprocess.run(["make", "--no-print-directory", "-C", root, "firmware-tools"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"The Cortex-M firmware tests will skip: {reason}" in result.stderr

@@ -93,3 +93,43 @@ def test_a_token_of_tiny_variance_does_not_stretch_the_rsqrt_range():
     out = norm(x, training=False).numpy()[0, 0]
     reference = x[0, 0] / np.sqrt(x[0, 0].var(axis=-1, keepdims=True) + 1e-5)
     assert np.abs(out[:7] - reference[:7]).max() < 0.1
+
+
+
+def test_a_qat_model_saves_and_loads_as_keras_and_trains_on(tmp_path):
+    """The model a user spent QAT epochs on, kept as a .keras file: tfmot's input quantiser
+    made its variables twice when Keras loaded it and its wrappers listed the wrapped
+    layers' weights only when built before ("expected 5 variables, but received 3"). Loaded
+    (tinymoe's load_model, or Keras' inside quantize_scope), every weight, quantiser range
+    and step comes back, so the same logits bit for bit (same graph, same values, this
+    process's deterministic kernels: tolerance 0), and it trains and saves again."""
+    from tinymoe.optimize import is_quantize_aware, quantize_scope
+    from tinymoe.pipeline import load_model
+
+    from tinymoe.layers import ConvBNAct, MobileViTV2Block
+
+    images, labels = synthetic_images(16, SIZE, CLASSES)
+    inputs = keras.Input((SIZE, SIZE, 3))  # a stem, one transformer layer with experts
+    x = ConvBNAct(16, strides=4)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = MobileViTV2Block(16, 32, 1, moe_layers=(0,), moe={"num_experts": 2})(x)
+    x = keras.layers.Dropout(0.1)(keras.layers.GlobalAveragePooling2D()(x))
+    qat = quantize_aware(keras.Model(inputs, keras.layers.Dense(CLASSES)(x)))
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(images, labels, batch_size=16, epochs=1, verbose=0)  # ranges and step move
+    path = str(tmp_path / "qat.keras")
+    qat.save(path)
+    loaded = load_model(path)
+    with quantize_scope():
+        also = keras.models.load_model(path, compile=False)
+    assert is_quantize_aware(loaded) and len(loaded.weights) == len(qat.weights)
+    for ours, theirs in zip(loaded.weights, qat.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=theirs.name)
+    expected = qat(images[:4], training=False).numpy()
+    np.testing.assert_array_equal(loaded(images[:4], training=False).numpy(), expected)
+    np.testing.assert_array_equal(also(images[:4], training=False).numpy(), expected)
+    loaded.compile("adam", "sparse_categorical_crossentropy")
+    loaded.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    loaded.save(str(tmp_path / "again.keras"))
+    again = load_model(str(tmp_path / "again.keras"))
+    np.testing.assert_array_equal(again(images[:4], training=False).numpy(),
+                                  loaded(images[:4], training=False).numpy())

@@ -115,7 +115,9 @@ def build_parser():
         "train", help="train a model with Keras fit (AdamW, cosine decay, label smoothing)",
         description="Trains a registered model, or continues a .keras model (e.g. one made by "
                     "'tinymoe upcycle'), and writes OUT/best.keras, OUT/labels.txt, OUT/log.csv "
-                    "and OUT/summary.json.", parents=[common])
+                    "and OUT/summary.json. Every epoch is backed up in OUT/train_backup: a run "
+                    "stopped part-way, started again with the same arguments, goes on from "
+                    "its last finished epoch.", parents=[common])
     train.add_argument("--model", default="mobilevit_v2_050",
                        help="registry name or .keras file (default: mobilevit_v2_050)")
     train.add_argument("--weights", default=None, metavar="NAME",

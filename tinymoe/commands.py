@@ -17,8 +17,11 @@ def run_models(args):
         >>> run_models(build_parser().parse_args(["models", "--json"]))
         0
     """
+    from tinymoe.models import check_input_size, list_models
     from tinymoe.zoo import format_table, summarize_models
 
+    for name in args.model or list_models():  # before any model is built
+        check_input_size(name, args.input_size)
     rows = summarize_models(args.model or None, args.input_size, args.num_classes)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -100,9 +103,10 @@ def run_train(args):
     # First: a multi-worker strategy must exist before TensorFlow does any other work.
     strategy = distribution_strategy(args.distribute)
     _repeatable(args.seed)
-    if args.weights is not None:  # refused before the data loads, naming what there is
-        from tinymoe.models import check_weights
+    from tinymoe.models import check_input_size, check_weights
 
+    check_input_size(args.model, args.input_size)  # refused before the data loads
+    if args.weights is not None:  # refused before the data loads, naming what there is
         check_weights(args.model, args.weights, (args.input_size, args.input_size, 3))
     recipe = recipe_for(args.model, args.weights)
     chosen = {key: getattr(recipe, key) if getattr(args, key) is None else getattr(args, key)
@@ -128,9 +132,10 @@ def run_upcycle(args):
         0
     """
     from tinymoe.data import load_dataset
-    from tinymoe.models import MoEConfig
+    from tinymoe.models import MoEConfig, check_input_size
     from tinymoe.pipeline import upcycle_run
 
+    check_input_size(args.dense, args.input_size)  # refused before the data loads
     data = load_dataset(args.data, args.input_size)
     config = MoEConfig(num_experts=args.experts, top_k=args.top_k,
                        layers=_parse_layers(args.layers), routing=args.routing,
@@ -150,8 +155,10 @@ def run_analyze(args):
         0
     """
     from tinymoe.data import load_dataset
+    from tinymoe.models import check_input_size
     from tinymoe.pipeline import analyze_run
 
+    check_input_size(args.model, args.input_size)  # refused before the data loads
     data = load_dataset(args.data, args.input_size)
     summary = analyze_run(args.model, data, args.out, args.split, args.images,
                           dense_model=args.dense)
@@ -168,9 +175,11 @@ def run_optimize(args):
         0
     """
     from tinymoe.data import load_dataset
+    from tinymoe.models import check_input_size
     from tinymoe.pipeline import optimize_run
 
     _repeatable(args.seed)
+    check_input_size(args.model, args.input_size)  # refused before the data loads
     data = load_dataset(args.data, args.input_size)
     _, summary = optimize_run(args.model, data, args.out, sparsity=args.sparsity,
                               prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,

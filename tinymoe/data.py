@@ -12,10 +12,10 @@ import warnings
 import zlib
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tinymoe.backend import tf
 from tinymoe.files import atomic_path
+from tinymoe.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
@@ -198,7 +198,8 @@ def decode_images(paths, size, progress=True):
     """Decodes and resizes image files to uint8 ``[N, size, size, 3]``.
 
     A file that cannot be read or decoded (truncated, not an image) is skipped; all of them
-    are listed, each with what is wrong, in one warning.
+    are listed, each with what is wrong, in one warning. ``progress``: a bar on a terminal,
+    one line when done elsewhere (:func:`tinymoe.progress.progress_bar`).
 
     Returns:
         (images, kept): the images, and a boolean mask of the paths that decoded.
@@ -207,8 +208,8 @@ def decode_images(paths, size, progress=True):
         >>> images, kept = decode_images(paths, size=128)
     """
     images, kept, failed = [], np.zeros(len(paths), bool), []
-    for i, path in enumerate(tqdm(paths, desc="decoding images", unit="img",
-                                  disable=not progress)):
+    for i, path in enumerate(progress_bar(paths, desc="decoding images", unit="img",
+                                          disable=not progress)):
         try:
             images.append(read_image(str(path), size))
         except ValueError as error:

@@ -7,10 +7,10 @@ images loaded the same way, so the two report the same top-1.
 """
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tinymoe.data import warn_if_normalised
 from tinymoe.files import atomic_path
+from tinymoe.progress import progress_bar
 
 TFLM_CHUNK = 64  # images per TFLite Micro interpreter (a fresh one per chunk; see tflite_logits)
 
@@ -25,8 +25,8 @@ def keras_logits(model, images, batch_size=64, progress=False):
     warn_if_normalised(images, "the Keras model")
     starts = range(0, len(images), batch_size)
     batches = [model(np.asarray(images[i:i + batch_size], np.float32), training=False).numpy()
-               for i in tqdm(starts, desc="running the model", unit="batch",
-                             disable=not progress)]
+               for i in progress_bar(starts, desc="running the model", unit="batch",
+                                     disable=not progress)]
     return np.concatenate(batches) if batches else np.zeros((0,) + model.output_shape[1:])
 
 
@@ -46,8 +46,8 @@ def tflite_logits(tflite_bytes, images, progress=False):
     images = np.asarray(images, np.float32)
     starts = range(0, len(images), TFLM_CHUNK)
     chunks = [tflm_invoke(tflite_bytes, images[i:i + TFLM_CHUNK])
-              for i in tqdm(starts, desc="running TFLite Micro", unit="chunk",
-                            disable=not progress)]
+              for i in progress_bar(starts, desc="running TFLite Micro", unit="chunk",
+                                    disable=not progress)]
     return np.concatenate(chunks)
 
 

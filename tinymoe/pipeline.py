@@ -15,6 +15,7 @@ from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also us
 from tinymoe.files import atomic_path, write_json
 from tinymoe.models import create_model, list_models, with_dispatch
 from tinymoe.profile import profile
+from tinymoe.resume import TRAIN_BACKUP, finished_epochs, resumable_callbacks
 from tinymoe.teacher_views import TeacherViews, views_dataset
 from tinymoe.train import TrainConfig, fit, stream_seed
 
@@ -26,14 +27,30 @@ CAPACITY_AWARE_FACTOR = 2.0
 
 
 def load_model(path):
-    """Loads a ``.keras`` file written by tinymoe (for inference or further training).
+    """Loads a ``.keras`` file written by tinymoe (for inference or further training), a
+    quantisation-aware one too (:func:`tinymoe.optimize.quantize_aware`, saved with ``save``).
 
     Example:
         >>> model = load_model("runs/moe/best.keras")
     """
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path!r} does not exist.")
+    if _holds_quantize_wrappers(path):
+        from tinymoe.optimize import quantize_scope
+
+        with quantize_scope():
+            return keras.models.load_model(path, compile=False)
     return keras.models.load_model(path, compile=False)
+
+
+def _holds_quantize_wrappers(path):
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"QuantizeWrapperV2"' in archive.read("config.json")
+    except (zipfile.BadZipFile, KeyError):
+        return False  # not a .keras archive: Keras says what it is
 
 
 QAT_BACKUP = "qat_backup"  # optimize_run's per-epoch QAT checkpoint folder
@@ -88,6 +105,12 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     instead (its batches, and any layer it initialises), so that it does not replay the
     stream its checkpoint already trained on.
 
+    Every epoch is backed up into ``out_dir/train_backup`` (:mod:`tinymoe.resume`): a run
+    stopped part-way and started again with the same arguments and ``out_dir`` goes on from
+    its last finished epoch, and with a ``seed`` ends with the model an unbroken run gives
+    (the weights, optimizer, data order, augmentation and dropout draws restored; the log
+    and ``best.keras`` go on). The folder is removed when training ends.
+
     ``weights`` (e.g. "tinyimagenet") starts a registered model from pretrained weights
     (see :func:`tinymoe.models.create_model`); :data:`FINE_TUNE` is the recipe chosen for it.
 
@@ -110,13 +133,19 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     data_seed = stream_seed(seed or 0, config.initial_epoch)
     if seed is not None:
         keras.utils.set_random_seed(data_seed)
+        # keras-cv's RandAugment, MixUp and CutMix draw from the global generator.
+        tf.random.set_global_generator(tf.random.Generator.from_seed(data_seed))
+    backup_dir = os.path.join(out_dir, TRAIN_BACKUP)
+    finished = finished_epochs(backup_dir, config)  # refuses a backup it cannot go on from
     x_train, y_train = data.split("train")
     x_val, y_val = data.split("val")
     steps_per_epoch = None
     if distillation is not None and isinstance(distillation.teacher, TeacherViews):
-        # The stored views are the augmentation; skip those of epochs already trained.
+        # The stored views are the augmentation; skip those of epochs already trained
+        # (before the initial epoch, or backed up by a stopped run).
+        done = dataclasses.replace(config, initial_epoch=max(config.initial_epoch, finished))
         train, steps_per_epoch = stored_views(distillation.teacher, x_train, y_train, data,
-                                              config)
+                                              done)
     else:
         train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
                              training=True, augment=augment, seed=data_seed)
@@ -129,9 +158,14 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
                                   train_dispatch=train_dispatch)
         start = time.time()
         # A multi-worker run's other workers train in step with the chief but write
-        # nothing of their own: their checkpoints and logs go to a scratch folder.
-        history = fit(model, train, val, config, out_dir if chief else scratch, verbose,
-                      distillation=distillation, steps_per_epoch=steps_per_epoch)
+        # nothing of their own: their checkpoints and logs go to a scratch folder (the
+        # backup goes where the chief's is: Keras writes only the chief's).
+        callbacks = resumable_callbacks(out_dir if chief else scratch,
+                                        "val_accuracy" if val is not None else "accuracy",
+                                        config, backup_dir, train)
+        history = fit(model, train, val, dataclasses.replace(config, save_epochs=()),
+                      verbose=verbose, callbacks=callbacks, distillation=distillation,
+                      steps_per_epoch=steps_per_epoch)
         seconds = time.time() - start
     if not chief:
         return model, {"model": model.name, "chief": False, "replicas": replicas,
@@ -139,7 +173,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     write_labels(os.path.join(out_dir, "labels.txt"), data.class_names)
     best_path = os.path.join(out_dir, "best.keras")
     best = load_model(best_path)
-    trained = config.epochs - config.initial_epoch
+    trained = config.epochs - max(config.initial_epoch, finished)
     summary = {
         **profile(best),
         "model": model.name,
@@ -148,6 +182,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         "distillation": distillation.describe() if distillation is not None else None,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
+        "resumed_after_epoch": finished or None,
         "replicas": replicas,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
@@ -414,10 +449,9 @@ def optimize_run(model, data, out_dir, sparsity=0.0, prune_epochs=2, qat_epochs=
         qat = quantize_aware(model, preserve_sparsity=sparsity > 0)
         config = TrainConfig(epochs=qat_epochs, batch_size=batch_size,
                              learning_rate=learning_rate, warmup_epochs=0)
-        # A QAT model cannot go through a .keras file (tfmot's input quantiser does not
-        # load again); its weights, quantiser ranges, optimizer and epoch are backed up
-        # as a TensorFlow checkpoint after every epoch instead, and a run started again
-        # with the same out_dir resumes from the last finished epoch.
+        # Its weights, quantiser ranges, optimizer and epoch are backed up as a TensorFlow
+        # checkpoint after every epoch, and a run started again with the same out_dir
+        # resumes from the last finished epoch.
         backup = keras.callbacks.BackupAndRestore(os.path.join(out_dir, QAT_BACKUP))
         fit(qat, train, None, config, verbose=verbose, callbacks=[backup, *callbacks],
             distillation=distillation)

@@ -4,11 +4,11 @@ sits above both tinymoe.models and tinymoe.export (nothing in tinymoe.models imp
 export)."""
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tinymoe.export import check_tflm, to_tflite
 from tinymoe.models import create_model, list_models, settle_batch_norms
 from tinymoe.profile import profile
+from tinymoe.progress import progress_bar
 
 COLUMNS = ("model", "params", "macs", "int8_bytes", "runs_in_tflm", "pretrained")
 
@@ -36,7 +36,7 @@ def summarize_models(names=None, input_size=128, num_classes=100, seed=0):
     rng = np.random.default_rng(seed)
     calibration = rng.uniform(0, 255, (8, input_size, input_size, 3)).astype(np.float32)
     rows = []
-    for name in tqdm(names, desc="models", unit="model"):
+    for name in progress_bar(names, desc="models", unit="model"):
         model = create_model(name, num_classes=num_classes,
                              input_shape=(input_size, input_size, 3))
         counts = profile(model)

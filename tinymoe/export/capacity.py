@@ -117,7 +117,7 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
         >>> report.factors
         {'stage4_mvit/transformer_3': 2.0}
     """
-    from tqdm.auto import tqdm
+    from tinymoe.progress import progress_bar
 
     from tinymoe.export.check import TflmUnsupportedError, check_tflm
     from tinymoe.export.convert import to_tflite
@@ -150,8 +150,8 @@ def calibrate_capacity(model, images, calibration_images, min_agreement=0.98, lo
     # factors, which the search did not try): at most this many, each an int8 model.
     most = 2 + sum(len(capacity_grid(layer.dispatch_units(), layer.num_experts, low, high))
                    for layer in layers.values())
-    bar = tqdm(total=most, desc="calibrating expert capacity", unit="int8 model",
-               disable=not progress)
+    bar = progress_bar(total=most, desc="calibrating expert capacity", unit="int8 model",
+                       disable=not progress)
     masked = to_tflite(with_dispatch(model, "masked"), calibration_images)
     reference = top1(masked)
     bar.update()

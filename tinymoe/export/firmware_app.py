@@ -24,9 +24,6 @@ import numpy as np
 
 # tinymoe's target names -> firmware_export/Makefile's TARGET.
 TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu"}
-# What each target needs on PATH beyond make and the venv's python.
-TOOLS = {"host": ("g++",), "cortex-m3": ("arm-none-eabi-g++", "qemu-system-arm"),
-         "cortex-m7": ("arm-none-eabi-g++", "qemu-system-arm")}
 
 
 class FirmwareError(RuntimeError):
@@ -96,15 +93,23 @@ def firmware_dir():
 def missing_requirements(target):
     """What building and running for ``target`` lacks here, in words (empty when nothing).
 
-    The programs it needs on PATH, and TFLM's source tree (the pinned tarball in
-    ``shared/third_party/``, or ``TFLM_TARBALL`` / ``TFLM_DIR`` in the environment).
+    ``make check-toolchain`` in ``firmware_export/`` (the check ``make test`` uses too): the
+    target's compiler builds a small C++ program with the app's flags (for Cortex-M, the
+    C++ headers and C library of Debian's libstdc++-arm-none-eabi-newlib and
+    libnewlib-arm-none-eabi, not only the compiler) and QEMU is on PATH; then TFLM's source
+    tree (the pinned tarball in ``shared/third_party/``, or ``TFLM_TARBALL`` / ``TFLM_DIR``
+    in the environment).
 
     Example:
         >>> missing_requirements("host")
         []
     """
-    missing = [f"{tool} (not on PATH)" for tool in ("make", *TOOLS[_target(target)])
-               if shutil.which(tool) is None]
+    _target(target)
+    if shutil.which("make") is None:
+        return ["make (not on PATH)"]
+    code, log = _make(target, "check-toolchain")
+    missing = [line for line in log.strip().splitlines()
+               if not line.startswith("make")] if code != 0 else []
     if not missing:
         code, log = _make(target, "print-tflm")
         if code != 0:

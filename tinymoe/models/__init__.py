@@ -149,6 +149,53 @@ register_model("mobilevit_v2_mcu_moe", MobileViTV2Config(
 register_model("mobilevit_v2_mcu_wide_moe", dataclasses.replace(
     get_config("mobilevit_v2_mcu_wide"), moe=MoEConfig(layers=((4, -1),))))
 
+def check_input_size(model, size):
+    """Refuses, before any data is read, a square input side that ``model`` cannot take.
+
+    ``model`` is a registered name (MobileViTv2 models take multiples of 32, see
+    :func:`check_input_shape`; Keras Applications' CNNs at least 32) or a ``.keras`` file
+    (the side it was built for, read from the file's config without building the model).
+    A name that is neither passes: the loader says what it is.
+
+    Example:
+        >>> check_input_size("mobilevit_v2_050", 100)  # ValueError: not a multiple of 32
+    """
+    size = int(size)
+    if isinstance(model, str) and model.endswith(".keras"):
+        shape = saved_input_shape(model)
+        if shape is not None and None not in shape[:2] and tuple(shape[:2]) != (size, size):
+            raise ValueError(f"{model} takes {shape[0]}x{shape[1]} images, not "
+                             f"{size}x{size}.")
+    elif model in _REGISTRY and isinstance(_REGISTRY[model], CNNConfig):
+        if size < 32:  # as build_cnn requires
+            raise ValueError(f"{model} takes images of at least 32x32, not {size}x{size}.")
+    elif model in _REGISTRY:
+        check_input_shape((size, size, 3))
+
+
+def saved_input_shape(path):
+    """``(height, width, channels)`` of the model in a ``.keras`` file, read from the file's
+    config (nothing is built); None where the file does not say.
+
+    Example:
+        >>> saved_input_shape("runs/dense/best.keras")
+        (128, 128, 3)
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    for layer in config.get("config", {}).get("layers", []):
+        shape = layer.get("config", {}).get("batch_input_shape")
+        if shape is not None:
+            return tuple(shape[1:]) if len(shape) == 4 else None
+    return None
+
+
 def check_weights(name, weights, input_shape):
     """Refuses, before any data is read, ``weights`` that the registered model ``name`` does
     not have or that cannot take ``input_shape``.
@@ -197,6 +244,7 @@ for _alpha in (0.7, 0.75, 1.0):
 
 __all__ = ["CNNConfig", "HybridConfig", "MoEConfig", "MobileViTV2Config", "StageConfig",
            "build_cnn", "build_hybrid", "build_mobilevit_v2", "check_input_shape",
-           "check_weights", "create_model", "get_config", "has_experts", "list_models",
-           "moe_layers", "read_routing", "register_model", "settle_batch_norms", "trace",
+           "check_input_size", "check_weights", "create_model", "get_config", "has_experts",
+           "list_models", "moe_layers", "read_routing", "register_model", "saved_input_shape",
+           "settle_batch_norms", "trace",
            "with_dispatch"]

@@ -10,6 +10,7 @@ output of a Keras layer (rescaling, pooling, classifier) by tfmot (8 bit, asymme
 moving-average range).
 """
 
+import contextlib
 import math
 
 from tinymoe.backend import keras, tf
@@ -25,6 +26,13 @@ def _tfmot():
 
 def _quantizer_base():
     return _tfmot().quantization.keras.quantizers.Quantizer
+
+
+def _tfmot_module(name):
+    import importlib
+
+    return importlib.import_module(
+        f"tensorflow_model_optimization.python.core.quantization.keras.{name}")
 
 
 class ChannelQuantizer(_quantizer_base()):
@@ -139,15 +147,60 @@ class LayerQuantizeConfig(_tfmot().quantization.keras.QuantizeConfig):
                 "quantize_output": self.quantize_output}
 
 
+class QuantizeLayer(_tfmot_module("quantize_layer").QuantizeLayer):
+    """tfmot's input quantiser, as a ``.keras`` file of a QAT model loads it.
+
+    Keras' loader builds a layer from the file's build config and builds it again when the
+    model calls it; tfmot's layer does not mark itself built, so it made its range and step
+    variables twice (the same names), and the file's three values did not fit its five
+    variables ("expected 5 variables, but received 3"). This one builds once. Same class
+    name: a layer's weights are found in the file under it.
+
+    Example:
+        >>> with quantize_scope():  # loads tfmot's QuantizeLayer as this one
+        ...     model = keras.models.load_model("qat.keras")
+    """
+
+    def build(self, input_shape):
+        if not self.built:
+            super().build(input_shape)
+            self.built = True
+
+
+class QuantizeWrapperV2(_tfmot().quantization.keras.QuantizeWrapperV2):
+    """tfmot's wrapper of a quantised layer, as a ``.keras`` file of a QAT model loads it.
+
+    tfmot's wrapper lists the wrapped layer's weights among its own when it is built. On a
+    layer already built (as ``quantize_apply`` wraps them) that is every weight; on one
+    being loaded, not yet built, none, so the file's values did not fit the wrapper's
+    variables ("expected 6 variables, but received 8"). This one builds the layer first.
+
+    Example:
+        >>> with quantize_scope():  # loads tfmot's QuantizeWrapperV2 as this one
+        ...     model = keras.models.load_model("qat.keras")
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+            self.layer.built = True
+        super().build(input_shape)
+
+
+@contextlib.contextmanager
 def quantize_scope():
-    """The tfmot scope that can load a QAT model of tinymoe layers (a context manager).
+    """The scope that can load a QAT model of tinymoe layers (a context manager): tfmot's,
+    with :class:`QuantizeLayer` and :class:`QuantizeWrapperV2` standing for tfmot's own.
 
     Example:
         >>> with quantize_scope():
         ...     model = keras.models.load_model("qat.keras")
     """
-    return _tfmot().quantization.keras.quantize_scope(
-        {"LayerQuantizeConfig": LayerQuantizeConfig, "ChannelQuantizer": ChannelQuantizer})
+    ours = {"LayerQuantizeConfig": LayerQuantizeConfig, "ChannelQuantizer": ChannelQuantizer}
+    loadable = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+    with _tfmot().quantization.keras.quantize_scope(ours), \
+            keras.utils.custom_object_scope(loadable):  # inside: it wins over tfmot's names
+        yield
 
 
 def quantize_aware(model, preserve_sparsity=False, simulate_int8=True):
