@@ -10,7 +10,7 @@ from tinymoe import commands
 
 # Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
 # of TFLite Micro (tinymoe.export.firmware_app).
-TARGETS = ("python", "host", "cortex-m3", "cortex-m7")
+TARGETS = ("python", "host", "cortex-m3", "cortex-m4f", "cortex-m7")
 
 
 def _add_data_args(parser, default_size=32):

@@ -23,10 +23,12 @@ import tempfile
 import numpy as np
 
 # tinymoe's target names -> firmware_export/Makefile's TARGET.
-TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu"}
+TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu",
+           "cortex-m4f": "cortex-m4f-qemu"}
 # What each target needs on PATH beyond make and the venv's python.
 TOOLS = {"host": ("g++",), "cortex-m3": ("arm-none-eabi-g++", "qemu-system-arm"),
-         "cortex-m7": ("arm-none-eabi-g++", "qemu-system-arm")}
+         "cortex-m7": ("arm-none-eabi-g++", "qemu-system-arm"),
+         "cortex-m4f": ("arm-none-eabi-g++", "qemu-system-arm")}
 
 
 class FirmwareError(RuntimeError):
