@@ -9,7 +9,7 @@ shown at the board's clock as an instruction count, not a measured time.
 
 What the numbers cover: the model array, TFLite Micro, the app and newlib (the image
 ``.text + .rodata + .data``), and in SRAM ``.data + .bss`` (the tensor arena, the
-interpreter) plus the app's 64 KB stack. A board's Arduino core or RTOS needs flash and SRAM
+interpreter, the app's buffer of one input image) plus a 16 KB stack. A board's Arduino core or RTOS needs flash and SRAM
 of its own on top; where its share is published it is listed in the notes, and the margin
 must cover the rest.
 """
@@ -91,9 +91,15 @@ def board(key):
     return BOARDS[key]
 
 
-def linker_script(spec):
+# The stack a fit reserves: TFLM's kernels keep their scratch in the arena, and 16 KB is
+# ample for the interpreter's calls (the QEMU app itself keeps 64 KB).
+STACK_BYTES = 16 * KB
+
+
+def linker_script(spec, stack_bytes=STACK_BYTES, scale=1):
     """A linker script for the firmware app (``firmware_export/``) with ``spec``'s memory:
-    the symbols the app's start-up code reads, the board's FLASH and RAM regions.
+    the symbols the app's start-up code reads, the board's FLASH and RAM regions (``scale``
+    times larger, to measure an image that does not fit), and a stack of ``stack_bytes``.
 
     Example:
         >>> "LENGTH = 327680" in linker_script(board("stm32f746g_disco"))
@@ -101,8 +107,9 @@ def linker_script(spec):
     """
     template = open(os.path.join(_firmware_dir(), "mps2_an385.ld")).read()
     memory = (f"MEMORY\n{{\n  FLASH (rx)  : ORIGIN = 0x{spec.flash[0]:08X}, "
-              f"LENGTH = {spec.flash[1]}\n  RAM   (rwx) : ORIGIN = 0x{spec.ram[0]:08X}, "
-              f"LENGTH = {spec.ram[1]}\n}}")
+              f"LENGTH = {spec.flash[1] * scale}\n  RAM   (rwx) : ORIGIN = 0x{spec.ram[0]:08X}, "
+              f"LENGTH = {spec.ram[1] * scale}\n}}")
+    template = re.sub(r"__stack_size = \w+;", f"__stack_size = {stack_bytes};", template)
     script, count = re.subn(r"MEMORY\s*\{.*?\}", memory, template, count=1, flags=re.S)
     # The stack as a section of its own, so that ld counts it in RAM's overflow.
     script, asserts = re.subn(r"\n\s*ASSERT\(end \+ __stack_size.*?\)\n",
@@ -134,7 +141,8 @@ def _sections(elf):
     return {name: int(size) for name, size in re.findall(r"^(\.\S+)\s+(\d+)", text, flags=re.M)}
 
 
-def fit_on_board(tflite_bytes, key, arena_bytes=None, instructions=None, workdir=None):
+def fit_on_board(tflite_bytes, key, arena_bytes=None, instructions=None, workdir=None,
+                 stack_bytes=STACK_BYTES):
     """Links the firmware app for board ``key`` with its memory map and says whether it fits.
 
     Args:
@@ -144,6 +152,7 @@ def fit_on_board(tflite_bytes, key, arena_bytes=None, instructions=None, workdir
             it on the board's core build under QEMU first (that run also counts the
             instructions).
         instructions: instructions per inference on the board's core, if known.
+        stack_bytes: the stack reserved in SRAM.
 
     Returns:
         dict: ``board``, ``linked`` (False where no build for the core exists here),
@@ -180,30 +189,37 @@ def fit_on_board(tflite_bytes, key, arena_bytes=None, instructions=None, workdir
         generated = os.path.join(folder, "generated")
         build = os.path.join(folder, f"build-{spec.key}")
         write_firmware(tflite_bytes, generated, arena_bytes=arena_bytes)
-        script = os.path.join(folder, f"{spec.key}.ld")
-        with open(script, "w") as handle:
-            handle.write(linker_script(spec))
         build_tflm(spec.target)
-        os.makedirs(build, exist_ok=True)
-        code, log = _make(spec.target, f"GENERATED={generated}", f"BUILD={build}",
-                          f"APP_LDFLAGS=-nostartfiles -T {script} -Wl,--gc-sections -lm")
+
+        def link(scale):
+            script = os.path.join(folder, f"{spec.key}-{scale}.ld")
+            with open(script, "w") as handle:
+                handle.write(linker_script(spec, stack_bytes, scale))
+            out = f"{build}-{scale}"
+            os.makedirs(out, exist_ok=True)
+            code, log = _make(spec.target, f"GENERATED={generated}", f"BUILD={out}",
+                              f"APP_LDFLAGS=-nostartfiles -T {script} -Wl,--gc-sections -lm")
+            if code != 0 and not _overflows(log):
+                raise FirmwareError(f"Linking the firmware for {spec.title} failed:\n"
+                                    + log[-3000:])
+            return code, log, os.path.join(out, "classify.elf")
+
+        # The part's own map: ld proves the fit or names the overflow. An image that does not
+        # fit is linked again in 16 times the memory, to count what it needs.
+        code, log, elf = link(1)
         overflows = _overflows(log)
-        if code != 0 and not overflows:
-            raise FirmwareError(f"Linking the firmware for {spec.title} failed:\n{log[-3000:]}")
         if overflows:
-            flash_used = spec.flash[1] + overflows.get("FLASH", 0)
-            ram_used = spec.ram[1] + overflows.get("RAM", 0)
-        else:
-            sections = _sections(os.path.join(build, "classify.elf"))
-            flash_used = sum(size for name, size in sections.items()
-                             if name in (".isr_vector", ".text", ".rodata", ".ARM.extab",
-                                         ".ARM.exidx", ".preinit_array", ".init_array",
-                                         ".fini_array", ".data"))
-            ram_used = sum(sections.get(name, 0) for name in (".data", ".bss", ".stack"))
+            code, log, elf = link(16)
+        sections = _sections(elf)
+        flash_used = sum(size for name, size in sections.items()
+                         if name in (".isr_vector", ".text", ".rodata", ".ARM.extab",
+                                     ".ARM.exidx", ".preinit_array", ".init_array",
+                                     ".fini_array", ".data"))
+        ram_used = sum(sections.get(name, 0) for name in (".data", ".bss", ".stack"))
     result.update(linked=True, fits=not overflows, overflows=overflows,
                   flash_used=flash_used, flash_margin=spec.flash[1] - flash_used,
                   ram_used=ram_used, ram_margin=spec.ram[1] - ram_used,
-                  arena_bytes=arena_bytes, instructions=instructions,
+                  arena_bytes=arena_bytes, stack_bytes=stack_bytes, instructions=instructions,
                   seconds_at_clock=instructions / (spec.clock_mhz * 1e6)
                   if instructions else None)
     return result
@@ -227,8 +243,8 @@ def format_fit(fit):
         words = (f"{margin:,} bytes to spare" if margin >= 0
                  else f"overflows by {-margin:,} bytes (ld: region overflowed)")
         lines.append(f"  {region}: {used:,} of {size:,} bytes, {words}")
-    lines.append(f"  of SRAM, the tensor arena: {fit['arena_bytes']:,} bytes measured "
-                 "(+10% reserved); the stack 65,536")
+    lines.append(f"  of SRAM: the tensor arena ({fit['arena_bytes']:,} bytes measured, +10% "
+                 f"reserved), the app's input image, a {fit['stack_bytes']:,}-byte stack")
     if fit["instructions"]:
         lines.append(f"  {fit['instructions']:,} instructions per inference on the "
                      f"{fit['core']} build (QEMU, exact): {fit['seconds_at_clock']:.2f} s at "
