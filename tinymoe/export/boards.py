@@ -19,9 +19,6 @@ import os
 import re
 import tempfile
 
-# Parts' memory maps, from their reference manuals and datasheets. `reserved_flash`: flash
-# that the board's usual bootloader keeps (the firmware starts after it).
-
 
 @dataclasses.dataclass(frozen=True)
 class Board:
@@ -36,6 +33,10 @@ class Board:
         target: the firmware build for its core (:data:`tinymoe.export.firmware_app.TARGETS`),
             or None where none can be built here (the fit is then not linked).
         notes: what the numbers leave out for this board.
+
+    Example:
+        >>> BOARDS["nano33ble"].ram
+        (536870912, 262144)
     """
 
     key: str
@@ -50,6 +51,9 @@ class Board:
 
 
 KB = 1024
+# The parts' memory maps as their datasheets give them; where a board's usual bootloader
+# keeps the start of flash (Arduino's on the Nano 33 BLE and the Portentas, the RP2040's
+# second stage), the firmware links after it.
 BOARDS = {board.key: board for board in (
     Board("nano33ble", "Arduino Nano 33 BLE Sense", "nRF52840", "Cortex-M4F", 64.0,
           (0x00010000, 1024 * KB - 64 * KB), (0x20000000, 256 * KB), "cortex-m4f",
