@@ -23,6 +23,7 @@ copied into another build: ``GetCurrentTimeTicks()`` returns 0 instead of readin
 counter through a CMSIS device header the library cannot know).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -92,8 +93,9 @@ def source_lists(tree):
         >>> len(source_lists(tflm_tree())["list_library_sources"]) > 100
         True
     """
+    key = hashlib.sha256(" ".join(MAKE_OPTIONS + LISTS).encode()).hexdigest()[:8]
     cache = os.path.join(os.path.dirname(os.path.abspath(tree)),
-                         f"tinymoe-lists-{os.path.basename(tree)}.json")
+                         f"tinymoe-lists-{os.path.basename(tree)}-{key}.json")
     if os.path.isfile(cache):
         with open(cache) as handle:
             return json.load(handle)
