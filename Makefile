@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tinymoe-installed
 
-.PHONY: demo test test-slow install firmware-tools firmware-libs clean
+.PHONY: demo test test-slow install firmware-tools firmware-libs board-tools clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,11 +46,31 @@ firmware-libs: $(STAMP) firmware-tools
 	$(MAKE) -C firmware_export TARGET=cortex-m7-qemu tflm; fi; \
 	else echo "No TFLM sources (../shared/third_party): the firmware build tests will skip." >&2; fi
 
-test: $(STAMP) firmware-libs
+# The board-library tests (tests/test_board_library.py): Debian's arduino-builder builds the
+# exported Arduino library's example for QEMU's Cortex-M4F and M7 boards, and two PyPI tools
+# lint the exported manifests offline (PlatformIO's `pio pkg pack`, ESP-IDF's `compote
+# manifest lint`), kept in their own environment, .venv-lint, away from TensorFlow's pins.
+# Without them those tests skip and say why.
+LINT_VENV := .venv-lint
+LINT_STAMP := $(LINT_VENV)/.installed
+board-tools: $(LINT_STAMP)
+	@if ! command -v arduino-builder >/dev/null; then \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update && apt-get install -y --no-install-recommends arduino-builder; \
+	else echo "No arduino-builder: the Arduino library build tests will skip" \
+	"(apt-get install --no-install-recommends arduino-builder, as root)." >&2; fi; fi
+
+$(LINT_STAMP):
+	test -x $(LINT_VENV)/bin/python || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --quiet platformio==6.2.0 idf-component-manager==3.1.2 \
+	|| echo "Could not install platformio / idf-component-manager: the manifest lint tests will skip." >&2
+	touch $(LINT_STAMP)
+
+test: $(STAMP) firmware-libs board-tools
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) firmware-libs
+test-slow: $(STAMP) firmware-libs board-tools
 	$(BIN)/python -m pytest -m slow
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LINT_VENV) build *.egg-info .pytest_cache

@@ -10,7 +10,7 @@ from tinymoe import commands
 
 # Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
 # of TFLite Micro (tinymoe.export.firmware_app).
-TARGETS = ("python", "host", "cortex-m3", "cortex-m7")
+TARGETS = ("python", "host", "cortex-m3", "cortex-m4f", "cortex-m7")
 
 
 def _add_data_args(parser, default_size=32):
@@ -289,6 +289,13 @@ def build_parser():
     report.add_argument("--clock-mhz", type=float, default=216.0, metavar="MHZ",
                         help="clock for the milliseconds shown beside the instructions, at "
                              "one instruction per cycle (default: 216, an STM32F746)")
+    report.add_argument("--board", action="append", metavar="NAME",
+                        help="link the firmware (TFLite Micro with CMSIS-NN for the board's "
+                             "core) with the memory map of a real part and say whether it "
+                             "fits, with the margins or the overflow the linker names, and "
+                             "the instructions per inference at the board's clock; "
+                             "repeatable, or 'all' (boards: "
+                             + ", ".join(_board_names()) + ")")
     report.set_defaults(run=commands.run_report)
 
     export = subcommands.add_parser(
@@ -331,6 +338,22 @@ def build_parser():
                              "--arena-limit: python (the TFLite Micro Python interpreter, an "
                              "upper bound; the default), cortex-m7 or cortex-m3 (the firmware "
                              "app built for that core and run under QEMU) or host")
+    export.add_argument("--format", choices=("files", "arduino", "cmake"), default="files",
+                        help="files: the firmware files for firmware_export/ (the default); "
+                             "arduino: an Arduino library in OUT/tinymoe_<name>/ (TFLite Micro "
+                             "and CMSIS-NN sources for the model's ops, tinymoe::Classifier, "
+                             "a classify_photo example); cmake: the same as a plain C++ "
+                             "library with CMakeLists.txt, library.json (PlatformIO), "
+                             "idf_component.yml (ESP-IDF) and a Zephyr module")
+    export.add_argument("--zip", action="store_true",
+                        help="with --format arduino or cmake: also write "
+                             "OUT/tinymoe_<name>.zip (Arduino IDE: Add .ZIP Library)")
+    export.add_argument("--photo", metavar="IMAGE",
+                        help="the photo the classify_photo example embeds, at its own size "
+                             "(default: the first test image of --data)")
+    export.add_argument("--board", action="append", metavar="NAME",
+                        help="check first that the firmware fits this board (as 'tinymoe "
+                             "report --board'); write nothing if it does not")
     export.set_defaults(run=commands.run_export)
 
     evaluate = subcommands.add_parser(
@@ -378,6 +401,12 @@ def build_parser():
     demo.add_argument("--moe-epochs", type=int, default=6)
     demo.set_defaults(run=commands.run_demo)
     return parser
+
+
+def _board_names():
+    from tinymoe.export.boards import BOARDS
+
+    return list(BOARDS)
 
 
 def _show_tensorflow_logs(argv):

@@ -218,6 +218,18 @@ def _measure(tflite_bytes, args, device_bytes=None):
     return result
 
 
+def _board_fits(tflite_bytes, names):
+    """Each board's fit (:func:`tinymoe.export.boards.fit_on_board`), printed; the fits."""
+    from tinymoe.export.boards import BOARDS, fit_on_board, format_fit
+
+    keys = list(BOARDS) if "all" in names else list(dict.fromkeys(names))
+    fits = []
+    for key in keys:
+        fits.append(fit_on_board(tflite_bytes, key))
+        print(format_fit(fits[-1]), flush=True)
+    return fits
+
+
 def run_report(args):
     """Prints what a ``.tflite`` model costs on a microcontroller (``tinymoe report``).
 
@@ -228,6 +240,11 @@ def run_report(args):
     from tinymoe.export import read_tflite
     from tinymoe.export import format_report
 
+    if args.board:
+        fits = _board_fits(read_tflite(args.model), args.board)
+        if args.json:
+            print(json.dumps(fits, indent=2))
+        return 0 if all(fit["fits"] is not False for fit in fits) else 1
     result = _measure(read_tflite(args.model), args)
     if args.flash_limit and result["device_model_bytes"] > args.flash_limit:
         raise ValueError(f"The model takes {result['device_model_bytes']:,} bytes of flash as "
@@ -247,6 +264,8 @@ def run_export(args):
     """
     from tinymoe.export import report, write_firmware
 
+    if args.format == "files" and (args.zip or args.photo):
+        raise ValueError("--zip and --photo go with --format arduino or cmake.")
     args.dispatch_given = args.dispatch is not None
     args.dispatch = args.dispatch or "sparse"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -308,9 +327,25 @@ def run_export(args):
     if "device" in measured:
         arena = measured["device"]["arena_bytes"]
         where = f"the {args.target} build of TFLite Micro (arena_used_bytes())"
-    paths = write_firmware(embedded, args.out, name=args.name, labels=labels,
-                           arena_bytes=arena, arena_margin=args.arena_margin,
-                           arena_source=where, strip=not args.keep_names, notes=notes)
+    if args.board:
+        unfit = [fit["title"] for fit in _board_fits(embedded, args.board) if fit["fits"] is False]
+        if unfit:
+            raise ValueError(f"The firmware does not fit {', '.join(unfit)}; nothing written.")
+    settings = dict(name=args.name, labels=labels, arena_bytes=arena,
+                    arena_margin=args.arena_margin, arena_source=where,
+                    strip=not args.keep_names, notes=notes)
+    if args.format != "files":
+        from tinymoe.export.library import default_photo, read_photo, write_library
+
+        photo, photo_name = ((read_photo(args.photo), os.path.basename(args.photo))
+                             if args.photo else default_photo(args.data))
+        paths = write_library(embedded, args.out, args.format, photo=photo,
+                              photo_name=photo_name, zip_file=args.zip, **settings)
+        print(f"Wrote {' and '.join(paths)}: model array {model_bytes:,} bytes, arena "
+              f"{arena:,} bytes measured in {where} (+{args.arena_margin:.0%}), "
+              f"classify_photo embeds {photo_name} ({photo.shape[1]}x{photo.shape[0]}).")
+        return 0
+    paths = write_firmware(embedded, args.out, **settings)
     print(f"Wrote {len(paths)} files to {args.out}: model array {model_bytes:,} bytes, "
           f"arena {arena:,} bytes measured in {where} (+{args.arena_margin:.0%} in "
           f"model_settings.h), {measured['macs']:,} MACs.")

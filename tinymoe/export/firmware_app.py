@@ -23,7 +23,8 @@ import tempfile
 import numpy as np
 
 # tinymoe's target names -> firmware_export/Makefile's TARGET.
-TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu"}
+TARGETS = {"host": "host", "cortex-m3": "cortex-m3-qemu", "cortex-m7": "cortex-m7-qemu",
+           "cortex-m4f": "cortex-m4f-qemu"}
 
 
 class FirmwareError(RuntimeError):

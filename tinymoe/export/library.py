@@ -1,0 +1,255 @@
+"""A library a board project includes as it is: ``tinymoe export --format arduino|cmake``.
+
+``OUT/tinymoe_<name>/`` holds the model's firmware files (:mod:`firmware_files`), tinymoe's
+small C++ API (``firmware_export/library/src/tinymoe/``: ``tinymoe::Classifier`` and the
+camera-frame preprocessing that matches training), TensorFlow Lite Micro and CMSIS-NN as
+sources for the model's ops (:mod:`tflm_sources`), an example that classifies a real photo
+embedded as a C array, and the manifests of each build system (:mod:`library_manifests`).
+
+- ``arduino``: the Arduino library layout (arduino-cli's docs/library-specification.md):
+  ``library.properties``, everything compiled under ``src/``, ``examples/classify_photo`` and
+  ``examples/camera``; ``zip=True`` also writes ``OUT/tinymoe_<name>.zip``, which the Arduino
+  IDE installs (Sketch > Include Library > Add .ZIP Library).
+- ``cmake``: a plain C++ library: ``src/`` (tinymoe's API and the model), ``tflm/`` (TFLM
+  and CMSIS-NN), ``CMakeLists.txt`` (CMake projects, STM32CubeIDE; an ESP-IDF component
+  too), ``library.json`` (PlatformIO), ``idf_component.yml`` (ESP-IDF), ``zephyr/``
+  (a Zephyr module) and ``examples/classify_photo``.
+"""
+
+import os
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+
+from tinymoe.export.firmware_app import firmware_dir
+from tinymoe.export.firmware_files import PYTHON_ARENA, _c_string, _identifier, firmware_sources
+
+FORMATS = ("arduino", "cmake")
+# A photo is embedded in flash beside the model: at most this many bytes of RGB888.
+MAX_PHOTO_BYTES = 600_000
+API_FILES = ("classifier.h", "classifier.cpp", "preprocess.h", "preprocess.cpp")
+
+
+def library_name(name):
+    """The library's name (and folder) for a model exported as ``--name name``.
+
+    Example:
+        >>> library_name("birds")
+        'tinymoe_birds'
+    """
+    return f"tinymoe_{_identifier(name)}"
+
+
+def read_photo(path):
+    """A photo file as uint8 RGB ``[H, W, 3]`` at its own size, decoded as
+    :func:`tinymoe.data.read_image` decodes it (before it resizes).
+
+    Example:
+        >>> read_photo("photos/wren/1.jpg").shape
+        (227, 227, 3)
+    """
+    from tinymoe.backend import tf
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False).numpy()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except tf.errors.InvalidArgumentError:
+        raise ValueError(f"{path}: not a JPEG/PNG/BMP/GIF image or truncated") from None
+    return image
+
+
+def default_photo(data):
+    """``(pixels, name)``: the photo an export embeds when none is given: the first test
+    image of ``data`` (a folder: the file at its own size; ``digits``: the 8x8 scan as
+    scikit-learn ships it, grey levels 0..16 scaled to 0..255).
+
+    Example:
+        >>> default_photo("digits")[0].shape
+        (8, 8, 3)
+    """
+    if data in (None, "digits"):
+        from sklearn.datasets import load_digits
+
+        from tinymoe.data import load_digits as tinymoe_digits
+
+        splits = tinymoe_digits(8).splits
+        index = int(np.flatnonzero(splits == "test")[0])
+        digits = load_digits()
+        grey = np.round(digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1), f"digit {digits.target[index]} (scikit-learn scan {index})"
+    from tinymoe.data import scan_image_folder
+
+    images = os.path.join(data, "images")
+    split_file = os.path.join(data, "splits.csv")
+    if os.path.isdir(images):
+        paths, _, splits, _ = scan_image_folder(
+            images, split_file if os.path.isfile(split_file) else None)
+    else:
+        paths, _, splits, _ = scan_image_folder(data)
+    test = np.flatnonzero(splits == "test")
+    path = str(paths[test[0] if len(test) else 0])
+    return read_photo(path), os.path.relpath(path, data)
+
+
+def photo_sources(pixels, name):
+    """``photo.h`` and ``photo.cpp``: the photo as a C array of RGB888 bytes.
+
+    Example:
+        >>> sorted(photo_sources(np.zeros((2, 3, 3), np.uint8), "grey"))
+        ['photo.cpp', 'photo.h']
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"The photo must be uint8 RGB [H, W, 3], got {pixels.dtype} "
+                         f"{list(pixels.shape)}.")
+    if pixels.size > MAX_PHOTO_BYTES:
+        raise ValueError(f"The photo is {pixels.shape[1]}x{pixels.shape[0]}: "
+                         f"{pixels.size:,} bytes of RGB888, more than the "
+                         f"{MAX_PHOTO_BYTES:,} an example embeds in flash beside the model; "
+                         "give a smaller one with --photo.")
+    data = pixels.tobytes()
+    rows = [", ".join(f"0x{b:02x}" for b in data[i:i + 16]) for i in range(0, len(data), 16)]
+    stamp = "// Generated by tinymoe export from the photo; do not edit.\n"
+    header = (stamp + "#ifndef TINYMOE_PHOTO_H_\n#define TINYMOE_PHOTO_H_\n\n#include <stdint.h>\n\n"
+              f"// {name}: {pixels.shape[1]}x{pixels.shape[0]} pixels, RGB888, rows top to "
+              "bottom.\n"
+              f"constexpr int kPhotoWidth = {pixels.shape[1]};\n"
+              f"constexpr int kPhotoHeight = {pixels.shape[0]};\n"
+              "extern const uint8_t kPhoto[];\nextern const char kPhotoName[];\n\n"
+              "#endif  // TINYMOE_PHOTO_H_\n")
+    source = (stamp + '#include "photo.h"\n\n'
+              f"const char kPhotoName[] = {_c_string(name)};\n"
+              f"const uint8_t kPhoto[{len(data)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n")
+    return {"photo.h": header, "photo.cpp": source}
+
+
+def _template(*parts):
+    with open(os.path.join(firmware_dir(), "library", *parts)) as handle:
+        return handle.read()
+
+
+def _write(root, relative, text):
+    path = os.path.join(root, relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="\n") as handle:
+        handle.write(text)
+
+
+def library_files(tflite_bytes, fmt, name="model", labels=None, photo=None, photo_name="photo",
+                  arena_bytes=None, arena_margin=0.1, arena_source=PYTHON_ARENA, strip=True,
+                  notes=()):
+    """Every file of the library except TFLM's: ``relative path -> text``, and the folder
+    (``"src"`` or ``"tflm"``) where TFLM's sources go.
+
+    Example:
+        >>> files, tflm_folder = library_files(tflite_bytes, "arduino", photo=pixels)
+        >>> "src/tinymoe/model_data.cpp" in files, tflm_folder
+        (True, 'src')
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"The library format must be one of {FORMATS}, got {fmt!r}.")
+    from tinymoe.export.library_manifests import manifests
+
+    lib = library_name(name)
+    generated = firmware_sources(tflite_bytes, name, labels, arena_bytes, arena_margin,
+                                 arena_source, strip, notes)
+    files = {}
+    for file_name, text in generated.items():
+        if file_name == "tensor_names.txt":
+            files["extras/tensor_names.txt"] = text
+        else:
+            files["src/tinymoe/" + file_name.replace(".cc", ".cpp")] = text
+    for file_name in API_FILES:
+        files["src/tinymoe/" + file_name] = _template("src", "tinymoe", file_name)
+    header = f"{lib}.h"
+    files[f"src/{header}"] = (
+        f"// The {lib} library: tinymoe::Classifier for the model exported into it "
+        "(tinymoe/model_data.cpp).\n"
+        f"#ifndef {lib.upper()}_H_\n#define {lib.upper()}_H_\n\n"
+        '#include "tinymoe/classifier.h"\n\n'
+        f"#endif  // {lib.upper()}_H_\n")
+    if photo is None:
+        raise ValueError("The library's classify_photo example needs a photo.")
+    photo_files = photo_sources(photo, photo_name)
+    if fmt == "arduino":
+        for example in ("classify_photo", "camera"):
+            files[f"examples/{example}/{example}.ino"] = _template(
+                "examples", "arduino", example, f"{example}.ino").replace("{{header}}", header)
+        for file_name, text in photo_files.items():
+            files[f"examples/classify_photo/{file_name}"] = text
+    else:
+        files["examples/classify_photo/classify_photo.cpp"] = _template(
+            "examples", "cmake", "classify_photo", "classify_photo.cpp").replace(
+                "{{header}}", header)
+        for file_name, text in photo_files.items():
+            files[f"examples/classify_photo/{file_name}"] = text
+    files.update(manifests(fmt, lib, generated, labels))
+    return files, "src" if fmt == "arduino" else "tflm"
+
+
+def write_library(tflite_bytes, out_dir, fmt="arduino", name="model", labels=None, photo=None,
+                  photo_name="photo", zip_file=False, arena_bytes=None, arena_margin=0.1,
+                  arena_source=PYTHON_ARENA, strip=True, notes=()):
+    """Writes ``out_dir/tinymoe_<name>/`` (and, with ``zip_file``, its zip beside it).
+
+    The library is assembled in a staging folder and moved into place in one step: an error
+    leaves ``out_dir`` as it was. TFLM's sources come from the pinned tree
+    (:func:`tinymoe.export.tflm_sources.tflm_tree`).
+
+    Args:
+        tflite_bytes: the full-int8 ``.tflite`` model.
+        fmt: ``"arduino"`` or ``"cmake"``.
+        photo: uint8 RGB ``[H, W, 3]`` for the classify_photo example (at its own size).
+        photo_name: what the example prints as the photo's name.
+        Other arguments as :func:`tinymoe.export.firmware_files.firmware_sources`.
+
+    Returns:
+        list: the library folder, and the zip file when written.
+
+    Example:
+        >>> write_library(tflite_bytes, "out", "arduino", name="birds", labels=names,
+        ...               photo=read_photo("wren.jpg"), zip_file=True)
+        ['out/tinymoe_birds', 'out/tinymoe_birds.zip']
+    """
+    from tinymoe.export.tflm_sources import copy_sources, tflm_tree
+    from tinymoe.export.tflite_file import model_facts
+
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"Output path {out_dir!r} is a file, not a folder.")
+    files, tflm_folder = library_files(tflite_bytes, fmt, name, labels, photo, photo_name,
+                                       arena_bytes, arena_margin, arena_source, strip, notes)
+    ops = model_facts(tflite_bytes)[2]
+    lib = library_name(name)
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-library-", dir=out_dir)
+    try:
+        root = os.path.join(staging, lib)
+        for relative, text in files.items():
+            _write(root, relative, text)
+        copied = copy_sources(tflm_tree(), ops, os.path.join(root, tflm_folder))
+        if fmt == "cmake":
+            from tinymoe.export.library_manifests import cmake_source_list
+
+            _write(root, "tflm/sources.cmake", cmake_source_list(copied))
+        written = [os.path.join(out_dir, lib)]
+        if zip_file:
+            archive = os.path.join(staging, lib + ".zip")
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+                for folder, _, names in sorted(os.walk(root)):
+                    for file_name in sorted(names):
+                        path = os.path.join(folder, file_name)
+                        bundle.write(path, os.path.relpath(path, staging))
+            os.replace(archive, os.path.join(out_dir, lib + ".zip"))
+            written.append(os.path.join(out_dir, lib + ".zip"))
+        target = os.path.join(out_dir, lib)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(root, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
