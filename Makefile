@@ -56,7 +56,8 @@ LINT_STAMP := $(LINT_VENV)/.installed
 board-tools: $(LINT_STAMP)
 	@if ! command -v arduino-builder >/dev/null; then \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
-	then apt-get update && apt-get install -y --no-install-recommends arduino-builder; \
+	then (apt-get update && apt-get install -y --no-install-recommends arduino-builder) \
+	|| echo "Could not install arduino-builder: the Arduino library build tests will skip." >&2; \
 	else echo "No arduino-builder: the Arduino library build tests will skip" \
 	"(apt-get install --no-install-recommends arduino-builder, as root)." >&2; fi; fi
 

@@ -51,8 +51,10 @@ def trained(request, data):
     images, labels = data
     # The CNNs' batch norms average with momentum 0.99, for thousands of steps; on these
     # few dozen the running statistics would still be their initial ones, and the model in
-    # inference mode undecided. Momentum 0.9 (the MobileViTv2 models') settles them here.
-    overrides = ({"bn_momentum": 0.9}
+    # inference mode undecided. Even at 0.9 they lag the weights on 4 batches an epoch:
+    # MobileNetV3-Small-0.75 fitted the set (loss 0.001) while its inference margin fell
+    # from 1.25 to 0.24 (oneDNN off, this seed); at 0.5 it decides after 3 epochs (4.9).
+    overrides = ({"bn_momentum": 0.5}
                  if isinstance(get_config(request.param), (CNNConfig, HybridConfig)) else {})
     model = create_model(request.param, num_classes=CLASSES, input_shape=(SIZE, SIZE, 3),
                          **overrides)

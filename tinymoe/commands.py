@@ -359,7 +359,7 @@ def run_demo(args):
         >>> run_demo(build_parser().parse_args(["demo", "--out", "runs/demo"]))
         0
     """
-    from tinymoe.pipeline import demo
+    from tinymoe.demo import demo
 
     summary = demo(args.out, dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs)
     dense, moe = summary["dense"], summary["moe"]

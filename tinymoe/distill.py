@@ -53,6 +53,11 @@ class LinearHead:
         bias: float32 ``[classes]``.
         c: the inverse regularisation chosen.
         val_top1: its top-1 on the val split (None without one).
+
+    Example:
+        >>> head = fit_linear_head(f_train, y_train, f_val, y_val)
+        >>> head.c, head.val_top1
+        (0.01, 0.967)
     """
 
     kernel: np.ndarray
@@ -195,7 +200,7 @@ class Distillation:
         return {**self.teacher.describe(), "alpha": self.alpha, "temperature": self.temperature}
 
 
-def check_classes(teacher_classes, data_classes, where, teacher_names=None, data_names=None):
+def _check_classes(teacher_classes, data_classes, where, teacher_names=None, data_names=None):
     """Refuses a teacher whose classes are not the data's, naming the difference."""
     if teacher_classes != len(data_classes if data_names is None else data_names):
         raise ValueError(
@@ -210,7 +215,7 @@ def check_classes(teacher_classes, data_classes, where, teacher_names=None, data
                          f"({len(differ)} differ, e.g. {', '.join(differ[:3])}).")
 
 
-def tflite_network(path, tensor=None):
+def _tflite_network(path, tensor=None):
     """A ``.tflite`` network as a function of float pixel images ``[B, S, S, 3]`` (LiteRT),
     returning the output of ``tensor`` (a name or index; default: the features that feed the
     model's last fully connected or 1x1 convolution).
@@ -341,13 +346,13 @@ def load_teacher(spec, data, input_size=None, tensor=None, fit_head=None, progre
             from tinymoe.data import read_labels
 
             names = read_labels(labels_path)
-        check_classes(int(model.output_shape[-1]), data.class_names, spec, names,
+        _check_classes(int(model.output_shape[-1]), data.class_names, spec, names,
                       data.class_names)
         return Teacher(model, size, description=spec, num_outputs=int(model.output_shape[-1]))
     if spec.endswith(".tflite"):
         own_labels = os.path.isfile(labels_path)
         as_classifier = fit_head is False or (fit_head is None and own_labels and tensor is None)
-        run, size, width, name = tflite_network(spec, _output_index(spec) if as_classifier
+        run, size, width, name = _tflite_network(spec, _output_index(spec) if as_classifier
                                                 else tensor)
         teacher = Teacher(run, int(input_size or size), num_outputs=width,
                           description=spec if as_classifier else f"{spec} [{name}]")
@@ -355,7 +360,7 @@ def load_teacher(spec, data, input_size=None, tensor=None, fit_head=None, progre
             return _fitted(teacher, data, progress)
         from tinymoe.data import read_labels
 
-        check_classes(width, data.class_names, spec,
+        _check_classes(width, data.class_names, spec,
                       read_labels(labels_path) if own_labels else None, data.class_names)
         return teacher
     name, _, weights = spec.partition(":")

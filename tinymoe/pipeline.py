@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from tinymoe.augment import AugmentConfig, make_dataset
+from tinymoe.augment import make_dataset
 from tinymoe.backend import keras, tf
-from tinymoe.data import load_dataset, write_labels
+from tinymoe.data import write_labels
 from tinymoe.distribute import DISTRIBUTE, distribution_strategy, is_chief  # noqa: F401
 from tinymoe.evaluation import evaluate, evaluate_tflite  # noqa: F401  (also used from here)
 from tinymoe.files import atomic_path, write_json
@@ -144,7 +144,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         # The stored views are the augmentation; skip those of epochs already trained
         # (before the initial epoch, or backed up by a stopped run).
         done = dataclasses.replace(config, initial_epoch=max(config.initial_epoch, finished))
-        train, steps_per_epoch = stored_views(distillation.teacher, x_train, y_train, data,
+        train, steps_per_epoch = _stored_views(distillation.teacher, x_train, y_train, data,
                                               done)
     else:
         train = make_dataset(x_train, y_train, data.num_classes, config.batch_size,
@@ -197,7 +197,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
     return best, summary
 
 
-def stored_views(views, x_train, y_train, data, config):
+def _stored_views(views, x_train, y_train, data, config):
     """The training batches of stored teacher views for ``config``'s epochs (those before
     ``config.initial_epoch`` skipped), and the steps of one epoch."""
     import math
@@ -301,58 +301,6 @@ def analyze_run(model, data, out_dir, split="val", max_images=512, num_pictures=
         layers[key] = {"load": [round(float(v), 4) for v in result["load"]], "files": files}
     summary = {"layers": layers, "experts": experts}
     write_json(os.path.join(out_dir, "analysis.json"), summary)
-    return summary
-
-
-def demo(out_dir="runs/demo", input_size=32, dense_epochs=12, moe_epochs=6, qat_epochs=1,
-         verbose=2):
-    """The whole job on scikit-learn's digits, in a few minutes on 2 cores.
-
-    Dense MobileViTv2-0.5 -> cluster-initialised MoE (4 experts, top-1) -> fine-tuning ->
-    affinity figures -> one epoch of capacity-aware fine-tuning (at
-    :data:`CAPACITY_AWARE_FACTOR`) -> quantisation-aware training -> int8 with sparse
-    expert dispatch, its capacity calibrated, checked in TFLite Micro -> firmware files
-    (``out_dir/firmware``). Returns a summary dict
-    and writes everything under ``out_dir``.
-
-    Example:
-        >>> summary = demo("runs/demo")
-        >>> summary["moe"]["val_accuracy"]
-    """
-    from tinymoe.models import MoEConfig
-
-    data = load_dataset("digits", input_size)
-    augment = AugmentConfig(crop=True, crop_area=(0.7, 1.0), flip=False)
-    keras.utils.set_random_seed(0)
-    dense_config = TrainConfig(epochs=dense_epochs, batch_size=32, warmup_epochs=1)
-    _, dense_summary = train_run("mobilevit_v2_050", data, os.path.join(out_dir, "dense"),
-                                 dense_config, augment, verbose)
-    moe_path = os.path.join(out_dir, "upcycled.keras")
-    moe_config = MoEConfig(num_experts=4, top_k=1, layers=((4, -1), (5, -1)))
-    upcycle_run(dense_summary["best"], data, moe_path, moe_config, num_images=512)
-    moe_train = TrainConfig(epochs=moe_epochs, batch_size=32, learning_rate=5e-4,
-                            warmup_epochs=0.5)
-    _, moe_summary = train_run(moe_path, data, os.path.join(out_dir, "moe"), moe_train,
-                               augment, verbose)
-    analysis = analyze_run(moe_summary["best"], data, os.path.join(out_dir, "analysis"))
-    aware_train = TrainConfig(epochs=1, batch_size=32, learning_rate=1e-4, warmup_epochs=0)
-    _, aware_summary = train_run(moe_summary["best"], data, os.path.join(out_dir, "moe_aware"),
-                                 aware_train, augment, verbose, train_dispatch="sparse",
-                                 capacity_factor=CAPACITY_AWARE_FACTOR)
-    tflite_bytes, int8_summary = optimize_run(aware_summary["best"], data,
-                                              os.path.join(out_dir, "int8"),
-                                              qat_epochs=qat_epochs, verbose=verbose)
-    from tinymoe.export import CapacityReport, write_firmware
-
-    capacity = int8_summary.get("capacity")
-    notes = ([] if capacity is None else ["Expert capacity calibrated at export:",
-                                          *CapacityReport(**capacity).lines()])
-    write_firmware(tflite_bytes, os.path.join(out_dir, "firmware"), name="digits",
-                   labels=data.class_names, arena_bytes=int8_summary["arena_bytes"],
-                   notes=notes)
-    summary = {"dense": dense_summary, "moe": moe_summary, "moe_aware": aware_summary,
-               "analysis": analysis, "int8": int8_summary}
-    write_json(os.path.join(out_dir, "demo_summary.json"), summary)
     return summary
 
 

@@ -42,6 +42,11 @@ class TeacherViews:
         lambdas: float32 ``[E, N]``: the view's weight against its partner (1: no MixUp).
         logits: float16 ``[E, N, C]`` teacher logits, or None before they are computed.
         meta: what the views were drawn and computed with.
+
+    Example:
+        >>> views = draw_views(len(x_train), epochs=30, seed=0, mixup_alpha=0.2)
+        >>> views.order.shape
+        (30, 5994)
     """
 
     order: np.ndarray
@@ -103,6 +108,9 @@ def render(images, views, epoch, positions, size):
     (image, partner image, weight) triple their labels mix.
 
     ``images`` is a tensor (or array) of the whole training split.
+
+    Example:
+        >>> crops, index, partner, weight = render(x_train, views, 0, [0, 1, 2], 128)
     """
     epoch = tf.cast(epoch, tf.int32)
     positions = tf.cast(positions, tf.int32)
@@ -116,7 +124,7 @@ def render(images, views, epoch, positions, size):
         flips = tf.reshape(flips, [-1, 1, 1, 1])
         return tf.where(flips, tf.reverse(crops, axis=[2]), crops), index
 
-    views_t = views if isinstance(views, dict) else as_tensors(views)
+    views_t = views if isinstance(views, dict) else _as_tensors(views)
     first, index = one_view(positions)
     partner_positions = tf.gather(tf.gather(views_t["partners"], epoch), positions)
     weight = tf.gather(tf.gather(views_t["lambdas"], epoch), positions)
@@ -126,7 +134,7 @@ def render(images, views, epoch, positions, size):
     return tf.clip_by_value(mixed, 0.0, 255.0), index, partner, weight
 
 
-def as_tensors(views):
+def _as_tensors(views):
     """The index arrays of ``views`` as constant tensors (once, for a dataset's map)."""
     return {"order": tf.constant(views.order), "boxes": tf.constant(views.boxes),
             "flips": tf.constant(views.flips), "partners": tf.constant(views.partners),
@@ -147,7 +155,7 @@ def compute_teacher_logits(teacher, images, views, batch_size=64, progress=True)
                          f"{len(images)}.")
     size = int(images.shape[1])
     source = tf.constant(images)
-    tensors = as_tensors(views)
+    tensors = _as_tensors(views)
     logits = np.zeros((views.epochs, views.num_images, teacher.num_classes), np.float16)
     steps = [(e, s) for e in range(views.epochs) for s in range(0, views.num_images, batch_size)]
     for epoch, start in tqdm(steps, desc="teacher on the stored views", unit="batch",
@@ -162,7 +170,12 @@ def compute_teacher_logits(teacher, images, views, batch_size=64, progress=True)
 def views_dataset(views, images, labels, num_classes, batch_size):
     """``((images, teacher logits), one-hot labels)`` batches over every epoch of ``views``,
     in order (a ``fit`` with ``steps_per_epoch = ceil(N / batch_size)`` takes epoch ``e``'s
-    batches in epoch ``e``); the labels mixed as the images are."""
+    batches in epoch ``e``); the labels mixed as the images are.
+
+    Example:
+        >>> train = views_dataset(views, x_train, y_train, 100, batch_size=64)
+        >>> fit(model, train, val, config, steps_per_epoch=math.ceil(len(x_train) / 64))
+    """
     if views.logits is None:
         raise ValueError("These views have no teacher logits: compute_teacher_logits first.")
     if len(images) != views.num_images:
@@ -172,7 +185,7 @@ def views_dataset(views, images, labels, num_classes, batch_size):
     source = tf.constant(images)
     one_hot = tf.one_hot(tf.constant(labels, tf.int32), num_classes)
     stored = tf.constant(views.logits.astype(np.float32))
-    tensors = as_tensors(views)
+    tensors = _as_tensors(views)
     batches = [(e, s) for e in range(views.epochs) for s in range(0, views.num_images, batch_size)]
     epochs = tf.constant([e for e, _ in batches], tf.int32)
     starts = tf.constant([s for _, s in batches], tf.int32)
@@ -190,7 +203,11 @@ def views_dataset(views, images, labels, num_classes, batch_size):
 
 
 def save_views(views, path):
-    """Writes ``views`` to an ``.npz`` file, atomically."""
+    """Writes ``views`` to an ``.npz`` file, atomically.
+
+    Example:
+        >>> save_views(compute_teacher_logits(teacher, x_train, views), "views_bird.npz")
+    """
     from tinymoe.files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -201,7 +218,13 @@ def save_views(views, path):
 
 
 def load_views(path):
-    """Reads views written by :func:`save_views`."""
+    """Reads views written by :func:`save_views`.
+
+    Example:
+        >>> views = load_views("views_bird.npz")
+        >>> views.epochs, views.num_images
+        (30, 5994)
+    """
     with np.load(path) as stored:
         logits = stored["logits"]
         return TeacherViews(stored["order"], stored["boxes"], stored["flips"],

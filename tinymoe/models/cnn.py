@@ -25,7 +25,7 @@ FAMILIES = ("mobilenet_v2", "mobilenet_v3_small")
 WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-class WeightsFile(NamedTuple):
+class _WeightsFile(NamedTuple):
     """Where Keras Applications keeps one backbone's ImageNet weights: its file name in the
     Keras cache, the address it downloads it from, and the SHA-256 where it is known."""
 
@@ -59,18 +59,18 @@ class CNNConfig:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}.")
 
     def imagenet_file(self):
-        """The :class:`WeightsFile` of this backbone's ImageNet weights, or None."""
+        """The :class:`_WeightsFile` of this backbone's ImageNet weights, or None."""
         if self.family == "mobilenet_v2":
             if self.alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
                 return None
             file = (f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(self.alpha)}_224"
                     f"_no_top.h5")
-            return WeightsFile(file, WEIGHTS_BASE + "mobilenet_v2/" + file,
+            return _WeightsFile(file, WEIGHTS_BASE + "mobilenet_v2/" + file,
                                MOBILENET_V2_035_SHA256 if self.alpha == 0.35 else None)
         if self.alpha not in (0.75, 1.0):
             return None
         file = f"weights_mobilenet_v3_small_minimalistic_{float(self.alpha)}_224_tf_no_top.h5"
-        return WeightsFile(file, WEIGHTS_BASE + "mobilenet_v3/" + file)
+        return _WeightsFile(file, WEIGHTS_BASE + "mobilenet_v3/" + file)
 
 
 # The file Keras downloads for MobileNetV2-0.35, as rebuilt from Teachable Machine exports
@@ -99,6 +99,10 @@ def imagenet_weights(config, name):
         ValueError: the backbone has no ImageNet weights, or they are not on this machine
             and cannot be downloaded (naming the file, where it comes from and how to
             rebuild it offline), or the file's SHA-256 is not the published one.
+
+    Example:
+        >>> imagenet_weights(CNNConfig("mobilenet_v2", 0.35), "mobilenet_v2_035")
+        '/root/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5'
     """
     from tinymoe.weights import file_sha256
 
@@ -125,7 +129,11 @@ def imagenet_weights(config, name):
 
 
 def check_cnn_weights(config, name, weights):
-    """Refuses weights other than ``"imagenet"`` (or None) for a CNN of the zoo."""
+    """Refuses weights other than ``"imagenet"`` (or None) for a CNN of the zoo.
+
+    Example:
+        >>> check_cnn_weights(CNNConfig("mobilenet_v2", 0.35), "mobilenet_v2_035", "imagenet")
+    """
     if weights not in (None, "imagenet"):
         raise ValueError(f"Model {name!r} takes weights=None or 'imagenet' (Keras "
                          f"Applications'), got {weights!r}.")
