@@ -87,6 +87,28 @@ def test_cli_help_of_every_command_names_its_options(capsys):
         assert "usage: tinymoe " + command in capsys.readouterr().out
 
 
+def test_commands_on_a_saved_model_load_images_at_its_size(tmp_path, monkeypatch):
+    """upcycle, analyze and optimize on a .keras file take the side it was built for when
+    --input-size is not given (it was 32, whatever the model took)."""
+    import tinymoe.data
+
+    sizes = []
+
+    def record(source, size):
+        sizes.append(size)
+        raise ValueError("recorded")  # the command stops here and reports it
+
+    monkeypatch.setattr(tinymoe.data, "load_dataset", record)
+    model = str(tmp_path / "m64.keras")
+    inputs = keras.Input((64, 64, 3))
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(model)
+    out = str(tmp_path / "out")
+    for argv in (["upcycle", model, "--out", f"{out}.keras"], ["analyze", model, "--out", out],
+                 ["optimize", model, "--out", out]):
+        assert main(argv) == 2, argv
+    assert sizes == [64, 64, 64]
+
+
 def test_every_command_refuses_an_input_size_before_the_data_loads(tmp_path, monkeypatch,
                                                                    capsys):
     """`--input-size 100` was refused only once the whole data set was decoded (minutes for

@@ -7,7 +7,9 @@ import sys
 import warnings
 
 from tinymoe import commands
-from tinymoe.cli_args import (_add_data_args, _add_classifier_args, _add_seed_arg, _add_teacher_args, _capacity_factor, CAPACITY_HELP, _board_names)  # noqa: F401
+from tinymoe.cli_args import (CAPACITY_HELP, _add_classifier_args, _add_data_args,
+                              _add_seed_arg, _add_teacher_args, _board_names,
+                              _capacity_factor)
 
 # Where `report` and `export` measure the arena: the Python interpreter, or a firmware build
 # of TFLite Micro (tinymoe.export.firmware_app).
@@ -60,7 +62,7 @@ def build_parser():
                             "classifier is new. Then --learning-rate, --warmup-epochs, "
                             "--weight-decay and --label-smoothing default to the fine-tuning "
                             "recipe (tinymoe.train.recipe_for) (default: random weights)")
-    _add_data_args(train)
+    _add_data_args(train, default_size=None)
     train.add_argument("--out", required=True, metavar="DIR", help="output folder")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=32)
@@ -116,7 +118,7 @@ def build_parser():
                     "OUT (.keras) and a JSON report beside it. Fine-tune it with "
                     "'tinymoe train --model OUT'.", parents=[common])
     upcycle.add_argument("dense", help="the dense .keras model")
-    _add_data_args(upcycle)
+    _add_data_args(upcycle, default_size=None)
     upcycle.add_argument("--out", required=True, metavar="FILE.keras")
     upcycle.add_argument("--experts", type=int, default=4)
     upcycle.add_argument("--top-k", type=int, default=1)
@@ -159,7 +161,7 @@ def build_parser():
                     "layer's experts replaced by their mean (if it does not drop, the MoE "
                     "is the dense model in disguise).", parents=[common])
     analyze.add_argument("model", help="a .keras model with experts")
-    _add_data_args(analyze)
+    _add_data_args(analyze, default_size=None)
     analyze.add_argument("--out", required=True, metavar="DIR")
     analyze.add_argument("--split", choices=("train", "val", "test"), default="val")
     analyze.add_argument("--images", type=int, default=512, help="images analysed at most")
@@ -178,7 +180,7 @@ def build_parser():
                     "OUT/optimized.keras (OUT/pruned.keras) and OUT/summary.json.",
         parents=[common])
     optimize.add_argument("model", help="the trained .keras model")
-    _add_data_args(optimize)
+    _add_data_args(optimize, default_size=None)
     optimize.add_argument("--out", required=True, metavar="DIR")
     optimize.add_argument("--sparsity", type=float, default=0.0,
                           help="share of kernel weights pruned to zero (default: 0, no pruning)")

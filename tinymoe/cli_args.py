@@ -9,7 +9,8 @@ def _add_data_args(parser, default_size=32):
                         help="'digits' (built in, no download) or a dataset folder: class "
                              "folders of images, or images/ plus splits.csv (path,species,split)")
     parser.add_argument("--input-size", type=int, default=default_size, metavar="PIXELS",
-                        help=f"square image side, a multiple of 32 (default: {default_size})")
+                        help="square image side, a multiple of 32 (default: "
+                             + (f"{default_size})" if default_size else "a .keras model's own, else 32)"))
 
 
 def _add_classifier_args(parser, labels_fallback):

@@ -103,15 +103,15 @@ def run_train(args):
     # First: a multi-worker strategy must exist before TensorFlow does any other work.
     strategy = distribution_strategy(args.distribute)
     _repeatable(args.seed)
-    from tinymoe.models import check_input_size, check_weights
+    from tinymoe.models import check_weights
 
-    check_input_size(args.model, args.input_size)  # refused before the data loads
+    size = _input_size(args.model, args.input_size)  # refused before the data loads
     if args.weights is not None:  # refused before the data loads, naming what there is
-        check_weights(args.model, args.weights, (args.input_size, args.input_size, 3))
+        check_weights(args.model, args.weights, (size, size, 3))
     recipe = recipe_for(args.model, args.weights)
     chosen = {key: getattr(recipe, key) if getattr(args, key) is None else getattr(args, key)
               for key in ("learning_rate", "warmup_epochs", "label_smoothing", "weight_decay")}
-    data = load_dataset(args.data, args.input_size)
+    data = load_dataset(args.data, size)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          initial_epoch=args.initial_epoch,
                          save_epochs=tuple(args.save_epochs), **chosen)
@@ -124,6 +124,20 @@ def run_train(args):
     return 0
 
 
+def _input_size(model, size):
+    """The side to load images at for ``model`` (a name or a ``.keras`` file): ``size``,
+    refused before the data loads where the model cannot take it; without ``size``, the
+    side a saved model was built for (32 for a registered name, or a file that does not
+    say)."""
+    from tinymoe.models import check_input_size, saved_input_shape
+
+    if size is None:
+        shape = saved_input_shape(model) if str(model).endswith(".keras") else None
+        return int(shape[0]) if shape and shape[0] else 32
+    check_input_size(model, size)
+    return size
+
+
 def run_upcycle(args):
     """Turns a dense model into a mixture of experts (``tinymoe upcycle``).
 
@@ -132,11 +146,10 @@ def run_upcycle(args):
         0
     """
     from tinymoe.data import load_dataset
-    from tinymoe.models import MoEConfig, check_input_size
+    from tinymoe.models import MoEConfig
     from tinymoe.pipeline import upcycle_run
 
-    check_input_size(args.dense, args.input_size)  # refused before the data loads
-    data = load_dataset(args.data, args.input_size)
+    data = load_dataset(args.data, _input_size(args.dense, args.input_size))
     config = MoEConfig(num_experts=args.experts, top_k=args.top_k,
                        layers=_parse_layers(args.layers), routing=args.routing,
                        expert_dropout=args.expert_dropout)
@@ -155,11 +168,9 @@ def run_analyze(args):
         0
     """
     from tinymoe.data import load_dataset
-    from tinymoe.models import check_input_size
     from tinymoe.pipeline import analyze_run
 
-    check_input_size(args.model, args.input_size)  # refused before the data loads
-    data = load_dataset(args.data, args.input_size)
+    data = load_dataset(args.data, _input_size(args.model, args.input_size))
     summary = analyze_run(args.model, data, args.out, args.split, args.images,
                           dense_model=args.dense)
     print(json.dumps(summary, indent=2))
@@ -175,12 +186,10 @@ def run_optimize(args):
         0
     """
     from tinymoe.data import load_dataset
-    from tinymoe.models import check_input_size
     from tinymoe.pipeline import optimize_run
 
     _repeatable(args.seed)
-    check_input_size(args.model, args.input_size)  # refused before the data loads
-    data = load_dataset(args.data, args.input_size)
+    data = load_dataset(args.data, _input_size(args.model, args.input_size))
     _, summary = optimize_run(args.model, data, args.out, sparsity=args.sparsity,
                               prune_epochs=args.prune_epochs, qat_epochs=args.qat_epochs,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
