@@ -162,8 +162,9 @@ def test_train_and_optimize_take_a_teacher_on_the_command_line(tmp_path, monkeyp
                "--temperature", "2"]
     assert main(["train", "--model", str(tmp_path / "student.keras"), "--input-size",
                  str(size), "--epochs", "1", "--batch-size", "8", "--out",
-                 str(tmp_path / "run"), *teacher]) == 0
+                 str(tmp_path / "run"), "--mixup", "0.2", *teacher]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["augment"]["mixup_alpha"] == 0.2 and summary["augment"]["crop"]
     assert summary["distillation"]["alpha"] == 0.8
     assert summary["distillation"]["temperature"] == 2.0
     assert summary["distillation"]["teacher"].endswith("teacher.keras")

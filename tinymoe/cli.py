@@ -87,6 +87,9 @@ def build_parser():
                        default="default",
                        help="none; default (random crop and flip); digits (crop, no flip); "
                             "strong (crop, flip, RandAugment, MixUp/CutMix)")
+    train.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                       help="MixUp of that strength on top of --augment (the recommended "
+                            "recipe uses 0.2)")
     train.add_argument("--train-dispatch", choices=("masked", "sparse"), default=None,
                        help="MoE models: 'sparse' trains with the fixed capacity of the sparse "
                             "export, dropping the patches over capacity as the device will "

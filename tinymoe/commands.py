@@ -115,7 +115,14 @@ def run_train(args):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          initial_epoch=args.initial_epoch,
                          save_epochs=tuple(args.save_epochs), **chosen)
-    _, summary = train_run(args.model, data, args.out, config, _augment(args.augment),
+    augment = _augment(args.augment)
+    if args.mixup:
+        import dataclasses
+
+        from tinymoe.augment import AugmentConfig
+
+        augment = dataclasses.replace(augment or AugmentConfig.none(), mixup_alpha=args.mixup)
+    _, summary = train_run(args.model, data, args.out, config, augment,
                            verbose=keras_verbosity(), train_dispatch=args.train_dispatch,
                            capacity_factor=args.capacity_factor, distribute=strategy,
                            weights=args.weights, seed=args.seed,

@@ -180,6 +180,7 @@ def train_run(model, data, out_dir, config, augment=None, verbose=1, train_dispa
         "weights": weights,
         "seed": seed,
         "distillation": distillation.describe() if distillation is not None else None,
+        "augment": dataclasses.asdict(augment) if augment is not None else None,
         "epochs": config.epochs,
         "initial_epoch": config.initial_epoch,
         "resumed_after_epoch": finished or None,
