@@ -194,6 +194,9 @@ def cmake_build(exported, tmp_path_factory):
     return build / "app.elf"
 
 
+# The CMake build compiles TFLM's sources a third time, for the Cortex-M7 the Arduino build
+# already covers: it runs with `make test-slow`.
+@pytest.mark.slow
 def test_cmake_library_built_with_arm_gcc_prints_the_species_as_python_tflm(exported,
                                                                            cmake_build):
     _assert_prints_python_tflm(_qemu("mps2-an500", cmake_build), exported)

@@ -119,7 +119,11 @@ def build_parser():
                     "(agglomerative clustering), initialises each MoE router from the "
                     "clusters and copies the dense feed-forward into every expert. Writes "
                     "OUT (.keras) and a JSON report beside it. Fine-tune it with "
-                    "'tinymoe train --model OUT'.", parents=[common])
+                    "'tinymoe train --model OUT'. When to use it: to study routing, or on "
+                    "data far larger than a few thousand images. Every mixture of experts "
+                    "measured so far ties its dense twin (cub100, and Tiny ImageNet upcycled "
+                    "late; benchmarks/README.md) while it costs the experts' flash: for the "
+                    "most accurate model per byte, deploy the dense model.", parents=[common])
     upcycle.add_argument("dense", help="the dense .keras model")
     _add_data_args(upcycle, default_size=None)
     upcycle.add_argument("--out", required=True, metavar="FILE.keras")
