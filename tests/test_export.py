@@ -23,13 +23,17 @@ def data():
 # on 2 cores: they run with `make test-slow`.
 # Likewise the MCU MoE's dense twin and its dense model at the same flash: the layers of
 # mobilevit_v2_mcu_moe.
-# The Keras Applications CNNs are one family of standard layers at several widths: the
-# default run keeps Edge Impulse's MobileNetV2-0.35 and one MobileNetV3-Small.
+# The Keras Applications CNNs are one family of standard layers at several widths (the
+# minimalistic MobileNetV3-Small has MobileNetV2's ops: convolutions, depthwise
+# convolutions, ReLU): the default run keeps Edge Impulse's MobileNetV2-0.35. The wide MCU
+# MoE has the MCU MoE's layers; mobilevit_v2_mnv2_035 joins MobileNetV2-0.35's layers to the
+# MCU model's stage 5.
 WIDE = {"mobilevit_v2_075", "mobilevit_v2_100", "mobilevit_v2_mcu_layernorm",
         "mobilevit_v2_mcu_wide", "mobilevit_v2_mcu_moe8_image", "mobilevit_v2_mcu_ffn4x",
+        "mobilevit_v2_mcu_wide_moe", "mobilevit_v2_mnv2_035",
         "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_100",
         "mobilenet_v2_130", "mobilenet_v2_140", "mobilenet_v3_small_070",
-        "mobilenet_v3_small_100"}
+        "mobilenet_v3_small_075", "mobilenet_v3_small_100"}
 
 
 MAX_EPOCHS = 12
