@@ -272,7 +272,7 @@ def plot(rows, path):
     for row in map(refit, rows):
         if row.get("instructions"):
             groups.setdefault(row["label"], []).append(row)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5.4))
     styles = {"tinymoe": ("tab:blue", "o"), "peer": ("tab:orange", "s")}
     for label, group in sorted(groups.items()):
         first = group[0]
@@ -281,8 +281,16 @@ def plot(rows, path):
         y = float(np.mean([r["test_int8_top1"] for r in group]))
         ax.scatter([x], [y], color=color, marker=marker, s=60 if first["fits"] else 60,
                    facecolors=color if first["fits"] else "none", zorder=3)
-        ax.annotate(f"{label} {first['input_size']}px", (x, y), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        size = str(first["input_size"])
+        name = label if label.endswith(size) else f"{label} {size}px"
+        # Names of points close together (within a name's width) stack upward.
+        above = sum(1 for other in groups.values() if other is not group
+                    and abs(other[0]["instructions"] / 1e6 - x) < 40
+                    and (float(np.mean([r["test_int8_top1"] for r in other])),
+                         other[0]["instructions"] / 1e6) < (y, x)
+                    and abs(float(np.mean([r["test_int8_top1"] for r in other])) - y) < 0.004)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3 + 8 * above),
+                    textcoords="offset points")
     for fam, (color, marker) in styles.items():
         ax.scatter([], [], color=color, marker=marker,
                    label="tinymoe (MobileViTv2)" if fam == "tinymoe" else "peer CNN (Keras)")
@@ -291,7 +299,8 @@ def plot(rows, path):
     ax.set_xlabel("Cortex-M7 (CMSIS-NN) instructions per image, millions")
     ax.set_ylabel("cub100 test top-1, int8 in TFLite Micro")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    ax.margins(x=0.08, y=0.12)
     ax.set_title("Accuracy against instructions (filled: fits an STM32F746)", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
