@@ -308,6 +308,17 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def _fill_missing(out, start, column, fill):
+    """Calls ``fill(row, run folder)`` on the rows of ``out`` that lack ``column`` (from
+    their saved models), then publishes and redraws."""
+    rows, _, _ = read_results(out)
+    for row in rows:
+        if row.get(column) is None:
+            fill(row, f"{out}/runs/{row['label']}/seed{row['seed']}")
+    rows = publish(out, rows, start, markdown, ("label", "seed"))
+    plot(rows, f"{out}.png")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/cub100")
@@ -357,27 +368,21 @@ def main(argv=None):
         from tinymoe.evaluation import evaluate, evaluate_tflite
         from tinymoe.pipeline import load_model
 
-        rows, _, _ = read_results(args.out)
-        for row in rows:
-            if row.get("other_int8_top1") is None:
-                run = f"{args.out}/runs/{row['label']}/seed{row['seed']}"
-                other = other_source(args.other_test, load_dataset(args.data, row["input_size"]))
-                with open(f"{run}/model.tflite", "rb") as handle:
-                    row["other_int8_top1"] = evaluate_tflite(handle.read(), *other)
-                row["other_top1"] = evaluate(load_model(f"{run}/best.keras"), *other)
-                row["other_images"] = int(len(other[1]))
-        rows = publish(args.out, rows, start, markdown, ("label", "seed"))
-        plot(rows, f"{args.out}.png")
+        def score_other(row, run):
+            other = other_source(args.other_test, load_dataset(args.data, row["input_size"]))
+            with open(f"{run}/model.tflite", "rb") as handle:
+                row["other_int8_top1"] = evaluate_tflite(handle.read(), *other)
+            row["other_top1"] = evaluate(load_model(f"{run}/best.keras"), *other)
+            row["other_images"] = int(len(other[1]))
+
+        _fill_missing(args.out, start, "other_int8_top1", score_other)
         return
     if args.measure_missing:
-        rows, _, _ = read_results(args.out)
-        for row in rows:
-            if row.get("instructions") is None:
-                path = f"{args.out}/runs/{row['label']}/seed{row['seed']}/model.tflite"
-                with open(path, "rb") as handle:
-                    row.update(device_columns(handle.read()))
-        publish(args.out, rows, start, markdown, ("label", "seed"))
-        plot(rows, f"{args.out}.png")
+        def measure(row, run):
+            with open(f"{run}/model.tflite", "rb") as handle:
+                row.update(device_columns(handle.read()))
+
+        _fill_missing(args.out, start, "instructions", measure)
         return
     if not args.label:
         parser.error("--label names the point")

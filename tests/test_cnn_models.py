@@ -39,15 +39,20 @@ def fake_imagenet_file(tmp_path, monkeypatch):
     return source, path
 
 
+def _assert_same_weights(model, source, names):
+    """The layers ``names`` of ``model`` hold exactly the weights of ``source``'s."""
+    for name in names:
+        for got, want in zip(model.get_layer(name).get_weights(),
+                             source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_imagenet_weights_load_from_the_keras_cache_and_freeze_the_statistics(
         tmp_path, monkeypatch):
     source, _ = fake_imagenet_file(tmp_path, monkeypatch)
     model = create_model("mobilenet_v2_035", num_classes=5, input_shape=(96, 96, 3),
                          weights="imagenet")
-    for name in ("Conv1", "block_3_expand", "Conv_1_bn"):
-        for got, want in zip(model.get_layer(name).get_weights(),
-                             source.get_layer(name).get_weights()):
-            np.testing.assert_array_equal(got, want)
+    _assert_same_weights(model, source, ("Conv1", "block_3_expand", "Conv_1_bn"))
     norms = [layer for layer in model.layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and not any(layer.trainable for layer in norms)
@@ -106,10 +111,7 @@ def test_the_hybrid_takes_the_imagenet_trunk_and_trains_its_own_stages(tmp_path,
     model = create_model("mobilevit_v2_mnv2_035", num_classes=5, input_shape=(128, 128, 3),
                          weights="imagenet")
     # The trunk is MobileNetV2-0.35 to block 12 with the file's weights, statistics frozen...
-    for name in ("Conv1", "block_12_project", "block_12_project_BN"):
-        for got, want in zip(model.get_layer(name).get_weights(),
-                             source.get_layer(name).get_weights()):
-            np.testing.assert_array_equal(got, want)
+    _assert_same_weights(model, source, ("Conv1", "block_12_project", "block_12_project_BN"))
     assert not model.get_layer("block_12_project_BN").trainable
     names = [layer.name for layer in model.layers]
     assert "block_13_expand" not in names and "Conv_1" not in names  # cut at block_12_add
